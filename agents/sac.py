@@ -1,0 +1,170 @@
+"""Soft Actor-Critic (Haarnoja et al., 2018, "SAC: Off-Policy Maximum Entropy Deep RL with a
+Stochastic Actor", and the 2018 "Algorithms and Applications" version with automatic temperature).
+
+Per gradient step, in Stable-Baselines3's order (so that our figures compare like with like):
+
+1. sample ``a ~ π(·|s)`` with the reparameterisation trick (Eq. 11), tanh-squashed (Appendix C);
+2. temperature: ``J(α) = E[-α (log π(a|s) + H̄)]`` with ``H̄ = -|A|`` (Eq. 18);
+3. soft Bellman target ``y = r + γ (1 - terminated) [min_k Q̄_k(s', a') - α log π(a'|s')]``,
+   ``a' ~ π(·|s')``, with the target critics Q̄ (Eq. 3, 5, clipped double Q);
+4. critic loss ``Σ_k ½ E[(Q_k(s, a) - y)²]`` (Eq. 5) over the fused twin critics;
+5. actor loss ``E[α log π(a|s) - min_k Q_k(s, a)]`` (Eq. 12), through the updated critics with
+   their parameters detached;
+6. Polyak averaging of the target critics with rate τ.
+
+Truncated episodes bootstrap (``terminated`` is the termination flag only).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import nn
+
+from rl_energy.agent import Agent, assert_finite
+from rl_energy.config import ConfigError
+from rl_energy.nets import EnsembleMLP, mlp, polyak_update
+from rl_energy.registry import register_agent
+
+
+@dataclass
+class SACConfig:
+    """Defaults follow Stable-Baselines3's SAC (learning_starts lives in ``train``)."""
+
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    alpha: float = 1.0
+    """Initial temperature with ``autotune``, the fixed one without."""
+    autotune: bool = True
+    target_entropy: float | None = None
+    """``None``: ``-|A|`` (the paper's heuristic)."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    actor_update_every: int = 1
+    """Actor (and temperature) update period in gradient steps (CleanRL uses 2, SB3 1)."""
+
+    def validate(self) -> None:
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"config key 'agent.gamma' must be in [0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"config key 'agent.tau' must be in (0, 1], got {self.tau}")
+        for key in ("actor_lr", "critic_lr", "alpha_lr", "alpha"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"config key 'agent.{key}' must be > 0, got {getattr(self, key)}")
+        if self.actor_update_every < 1:
+            raise ConfigError("config key 'agent.actor_update_every' must be >= 1")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"config key 'agent.hidden' must list positive widths, got {self.hidden}")
+        if self.log_std_min >= self.log_std_max:
+            raise ConfigError("config key 'agent.log_std_min' must be below agent.log_std_max")
+
+
+class TanhGaussianActor(nn.Module):
+    """``a = tanh(μ(s) + σ(s) ε)``, ``ε ~ N(0, I)``, with the exact log-density of the squashed sample."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: list[int], log_std_min: float, log_std_max: float):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 2 * action_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action and ``log π(a|s)`` (SAC Appendix C, Eq. 21)."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; μ, σ) - Σ log(1 - tanh(u)²), the latter as 2 (log 2 - u - softplus(-2u)) for stability
+        log_prob = (-0.5 * eps.pow(2) - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * mean.shape[-1]
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+
+@register_agent("sac", SACConfig)
+class SAC(Agent):
+    """Soft Actor-Critic with twin critics and automatic entropy tuning (SB3/CleanRL-equivalent)."""
+
+    metric_names = ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box,
+        config: SACConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(observation_space, action_space, config, device)
+        c = config
+        self.actor = TanhGaussianActor(self.obs_dim, self.action_dim, c.hidden, c.log_std_min, c.log_std_max)
+        self.critic = EnsembleMLP(2, self.obs_dim + self.action_dim, c.hidden, 1)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(c.alpha)), requires_grad=c.autotune)
+        self.target_entropy = -float(self.action_dim) if c.target_entropy is None else c.target_entropy
+        self.to(self.device)
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr),
+        }
+        if c.autotune:
+            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if deterministic:
+            return torch.tanh(self.actor(obs)[0])
+        return self.actor.sample(obs)[0]
+
+    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        c, opt = self.config, self.optimizers
+        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        update_actor = int(self.num_updates) % c.actor_update_every == 0
+        self.num_updates += 1
+
+        if update_actor:
+            a_pi, logp_pi = self.actor.sample(obs)
+        alpha = self.log_alpha.detach().exp()
+        if c.autotune and update_actor:  # Eq. 18
+            alpha_loss = -(self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
+            opt["alpha"].zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            opt["alpha"].step()
+
+        with torch.no_grad():  # Eq. 3 with clipped double Q
+            a_next, logp_next = self.actor.sample(next_obs)
+            q_next = self.critic_target(torch.cat([next_obs, a_next], -1)).squeeze(-1).min(0).values
+            not_done = 1.0 - batch["terminated"].float()
+            y = batch["reward"] + c.gamma * not_done * (q_next - alpha * logp_next)
+
+        q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # [2, B]
+        critic_loss = 0.5 * (q - y).pow(2).mean(-1).sum()  # Eq. 5, summed over the twins
+        assert_finite("critic_loss", critic_loss)
+        opt["critic"].zero_grad(set_to_none=True)
+        critic_loss.backward()
+        opt["critic"].step()
+
+        metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean()}
+        if update_actor:  # Eq. 12 through the updated critics, parameters detached
+            q_pi = self.critic(torch.cat([obs, a_pi], -1), detach_params=True).squeeze(-1).min(0).values
+            actor_loss = (alpha * logp_pi - q_pi).mean()
+            assert_finite("actor_loss", actor_loss)
+            opt["actor"].zero_grad(set_to_none=True)
+            actor_loss.backward()
+            opt["actor"].step()
+            metrics["actor_loss"] = actor_loss.detach()
+            metrics["entropy"] = -logp_pi.detach().mean()
+
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return metrics

@@ -1,0 +1,84 @@
+"""The agent contract shared by every algorithm in ``rl_energy.agents``.
+
+An agent is built from ``(observation_space, action_space, config, device)``. It acts on batches of
+observations and learns from batches of transitions; it never steps an environment or writes a file
+(the :class:`~rl_energy.trainer.Trainer` does both). Actions are always in ``[-1, 1]^A``: the trainer
+rescales them to the environment's bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, action or observation became NaN/inf; ``quantity`` names it."""
+
+    def __init__(self, quantity: str, detail: str = "") -> None:
+        self.quantity = quantity
+        self.detail = detail
+        super().__init__(f"non-finite {quantity}" + (f" ({detail})" if detail else ""))
+
+
+def assert_finite(quantity: str, value: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` if ``value`` holds NaN or inf.
+
+    Agents call this on each loss *before* the optimiser step, so a bad update never reaches the
+    parameters and the trainer can checkpoint the last good state.
+    """
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(quantity)
+
+
+class Agent(nn.Module):
+    """Base class: subclasses set ``Config`` and ``metric_names`` and implement ``act``/``update``."""
+
+    Config: ClassVar[type]
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box,
+        config: Any,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        if not isinstance(action_space, gym.spaces.Box):
+            raise TypeError(f"{type(self).__name__} needs a continuous (Box) action space, got {action_space}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise TypeError(f"{type(self).__name__} needs a Box observation space, got {observation_space}")
+        self.config = config
+        self.device = torch.device(device)
+        self.obs_dim = int(torch.tensor(observation_space.shape).prod())
+        self.action_dim = int(torch.tensor(action_space.shape).prod())
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions in ``[-1, 1]`` for a batch of observations (no gradient)."""
+        raise NotImplementedError
+
+    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """One gradient step on ``batch`` (keys obs, action, reward, next_obs, terminated).
+
+        Returns detached 0-d tensors named as in ``metric_names``; the trainer converts them to
+        floats only when it logs, so an update costs no host synchronisation.
+        """
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Parameters, buffers and optimiser states (everything ``torch.save`` needs to resume)."""
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["modules"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])

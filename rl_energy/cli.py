@@ -1,0 +1,193 @@
+"""The ``rl-energy`` command line: train, evaluate, list, plot.
+
+User errors (unknown names, bad config values, missing run directories) print one line to stderr
+and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rl-energy", description="Train, evaluate and compare energy-based RL agents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tr = sub.add_parser("train", help="train an agent on an environment",
+                        description="Train AGENT on ENV_ID (any Gymnasium id, or rl_energy/...).")
+    tr.add_argument("--agent", help="agent name (see `rl-energy list`)")
+    tr.add_argument("--env", dest="env_id", help="Gymnasium environment id, e.g. Ant-v4")
+    tr.add_argument("--config", help="YAML file with train/agent/env_kwargs sections")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set agent.lr=1e-3 (repeatable)")
+    tr.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    tr.add_argument("--total-steps", type=int, help="shorthand for train.total_steps (with --resume: extend)")
+    tr.add_argument("--run-dir", help="where to write the run (default runs/<agent>/<env>/<seed>-<time>)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    tr.add_argument("--device", choices=["cpu", "cuda", "auto"], help="shorthand for train.device")
+    tr.add_argument("--num-envs", type=int, help="shorthand for train.num_envs")
+    tr.add_argument("--quiet", action="store_true", help="no progress output except the final line")
+
+    ev = sub.add_parser("evaluate", help="evaluate the last checkpoint of a run")
+    ev.add_argument("run_dir", help="a run directory written by `rl-energy train`")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--deterministic", dest="deterministic", action="store_true", default=True)
+    ev.add_argument("--stochastic", dest="deterministic", action="store_false")
+    ev.add_argument("--seed", type=int, default=None, help="reset seed of the first episode (default: the run's)")
+    ev.add_argument("--video", metavar="DIR", help="also record the episodes as MP4 files in DIR")
+    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+
+    sub.add_parser("list", help="list agents, rl-energy environments and shipped configs")
+
+    pl = sub.add_parser("plot", help="plot learning curves (mean and spread over seeds)")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--out", required=True, help="output image, e.g. curves.png")
+    pl.add_argument("--column", default="eval_return_mean", help="progress.csv column to plot")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rl_energy.config import ConfigError, load_yaml_file, resolve_config, run_config_from_dict
+    from rl_energy.registry import check_env_id, get_agent
+    from rl_energy.trainer import Trainer, TrainingError, TrainingInterrupted, default_run_dir, final_line
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        if args.config or args.overrides or args.agent or args.env_id or args.seed is not None:
+            raise ConfigError("--resume continues a run as configured; only --total-steps, --device "
+                              "and --quiet may be given with it")
+        saved = load_yaml_file(run_dir / "config.yaml")
+        cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
+        if args.total_steps is not None:
+            cfg.train.total_steps = args.total_steps
+        if args.device is not None:
+            cfg.train.device = args.device
+        cfg.train.validate()
+    else:
+        if not args.agent or not args.env_id:
+            raise ConfigError("train needs --agent NAME and --env ENV_ID (or --resume RUN_DIR)")
+        spec = get_agent(args.agent)
+        check_env_id(args.env_id)
+        overrides = list(args.overrides)
+        for flag, key in (("seed", "train.seed"), ("total_steps", "train.total_steps"),
+                          ("device", "train.device"), ("num_envs", "train.num_envs")):
+            value = getattr(args, flag)
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        cfg = resolve_config(args.agent, args.env_id, spec.config_cls, args.config, overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"--run-dir {run_dir} already holds a run; use --resume {run_dir} to continue it")
+
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
+    if not args.quiet:
+        print(f"run directory: {run_dir}", flush=True)
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(final_line(result), flush=True)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from rl_energy.checkpoint import has_checkpoint, load_checkpoint
+    from rl_energy.config import ConfigError, load_yaml_file, run_config_from_dict
+    from rl_energy.registry import get_agent
+    from rl_energy.trainer import build_agent, evaluate_policy, final_line, make_vector_env, resolve_device
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not has_checkpoint(run_dir / "checkpoints"):
+        raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be >= 1")
+    saved = load_yaml_file(run_dir / "config.yaml")
+    cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
+    device = resolve_device(args.device)
+    seed = cfg.train.eval_seed if args.seed is None else args.seed
+    envs = make_vector_env(cfg.env_id, args.episodes, cfg.env_kwargs)
+    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, device)
+    state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
+    agent.load_checkpoint_state(state["agent"])
+    torch.manual_seed(seed)
+    if args.video:
+        from rl_energy.video import record_episodes
+
+        record_episodes(agent, cfg, Path(args.video), args.episodes, seed, args.deterministic)
+        print(f"videos written to {args.video}")
+    result = evaluate_policy(agent, envs, seed, args.deterministic)
+    envs.close()
+    print(f"step {state['step']}: " + final_line(result, args.deterministic))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rl_energy.config import available_configs
+    from rl_energy.registry import agent_specs, env_ids
+
+    print("Agents:")
+    for name, spec in agent_specs().items():
+        print(f"  {name:10s} {spec.summary}")
+    ids = env_ids()
+    own = [i for i in ids if i.startswith("rl_energy/")]
+    print("\nrl-energy environments (gym.make('rl_energy/...')):")
+    print("  " + ("\n  ".join(own) if own else "(none registered yet)"))
+    mujoco = [i for i in ids if i.split("-v")[0] in _MUJOCO_NAMES]
+    print(f"\nAny Gymnasium id works with --env ({len(ids)} registered), e.g. MuJoCo: {', '.join(mujoco)}")
+    print("\nShipped configs (agent: envs with a per-env config; others use default.yaml):")
+    for agent, envs in sorted(available_configs().items()):
+        print(f"  {agent:10s} {', '.join(envs) if envs else '(default only)'}")
+    return 0
+
+
+_MUJOCO_NAMES = {
+    "Ant", "HalfCheetah", "Hopper", "Humanoid", "HumanoidStandup", "InvertedDoublePendulum",
+    "InvertedPendulum", "Pusher", "Reacher", "Swimmer", "Walker2d",
+}
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from rl_energy.plotting import plot_runs
+
+    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.out), column=args.column)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rl-energy`` console script."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # gymnasium's v4 notices
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+    args = _build_parser().parse_args(argv)
+    from rl_energy.config import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Typed run configuration: dataclasses filled from YAML files, then ``--set`` overrides.
+
+Resolution order (later wins):
+
+1. the dataclass defaults,
+2. ``configs/<agent>/default.yaml`` (shipped with the package),
+3. ``configs/<agent>/<EnvId>.yaml`` (the paper's per-environment settings, if present),
+4. ``--config FILE``,
+5. ``--set section.key=value`` (values parsed as YAML scalars).
+
+Every file is read with ``yaml.safe_load``. An unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the key (``agent.lr``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration file or override; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop shared by every off-policy agent."""
+
+    total_steps: int = 1_000_000
+    """Environment transitions to collect (summed over the vector envs)."""
+    seed: int = 0
+    num_envs: int = 1
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    learning_starts: int = 5_000
+    """Uniform random actions (and no updates) until this many transitions are collected."""
+    utd: float = 1.0
+    """Update-to-data ratio: gradient steps per collected transition."""
+    eval_every: int = 10_000
+    """Evaluate every this many steps (0 disables periodic evaluation; a final one always runs)."""
+    eval_episodes: int = 10
+    eval_deterministic: bool = True
+    eval_seed: int = 10_000
+    """Evaluation episode i is reset with seed ``eval_seed + i`` at every evaluation (MEow protocol)."""
+    log_every: int = 1_000
+    checkpoint_every: int = 25_000
+    """Write ``checkpoints/`` every this many steps (0: only at the end and on SIGINT/SIGTERM)."""
+    device: str = "auto"
+    torch_threads: int = 0
+    """``torch.set_num_threads`` value; 0 keeps PyTorch's default."""
+
+    def validate(self) -> None:
+        positive = ["total_steps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "log_every"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"config key 'train.{key}' must be > 0, got {getattr(self, key)}")
+        for key in ["learning_starts", "eval_every", "checkpoint_every", "torch_threads"]:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(self, key)}")
+        if not (self.utd > 0 and math.isfinite(self.utd)):
+            raise ConfigError(f"config key 'train.utd' must be a positive number, got {self.utd}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"config key 'train.device' must be cpu, cuda or auto, got {self.device!r}")
+        if self.buffer_size < 2 * self.num_envs:
+            raise ConfigError("config key 'train.buffer_size' must hold at least two steps of every env")
+
+
+@dataclass
+class RunConfig:
+    """A fully resolved run: which agent on which env, with which settings."""
+
+    agent_name: str
+    env_id: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    agent: Any = None
+    """The agent's own config dataclass (e.g. :class:`rl_energy.agents.sac.SACConfig`)."""
+    env_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "agent_name": self.agent_name,
+            "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs),
+            "train": dataclasses.asdict(self.train),
+            "agent": dataclasses.asdict(self.agent) if self.agent is not None else {},
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Coercion of YAML values to the annotated field types
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise :class:`ConfigError` naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
+            return int(value)
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '3e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def update_dataclass(obj: Any, values: dict, prefix: str) -> None:
+    """Set fields of dataclass ``obj`` from ``values``; unknown keys and bad types name the key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}.{key}"
+        if key not in names:
+            valid = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{full}'; valid keys in '{prefix}': {valid}")
+        setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _apply(cfg: RunConfig, data: dict, source: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    for key, value in data.items():
+        if key == "train":
+            update_dataclass(cfg.train, value, "train")
+        elif key == "agent":
+            update_dataclass(cfg.agent, value, "agent")
+        elif key == "env_kwargs":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key 'env_kwargs' must be a mapping ({source})")
+            cfg.env_kwargs.update(value)
+        elif key in ("agent_name", "env_id"):
+            continue  # informational in saved configs; the CLI decides these
+        else:
+            raise ConfigError(
+                f"unknown config key '{key}' in {source}; valid top-level keys: agent, env_kwargs, train"
+            )
+
+
+def config_file_name(env_id: str) -> str:
+    """File name of the per-env config: ``rl_energy/Bubble-v0`` -> ``rl_energy__Bubble-v0.yaml``."""
+    return env_id.replace("/", "__") + ".yaml"
+
+
+def packaged_config(agent_name: str, name: str) -> dict | None:
+    """Read ``configs/<agent_name>/<name>`` from the installed package, or ``None`` if absent."""
+    ref = resources.files("rl_energy.configs").joinpath(agent_name, name)
+    if not ref.is_file():
+        return None
+    return yaml.safe_load(ref.read_text()) or {}
+
+
+def available_configs() -> dict[str, list[str]]:
+    """Map each agent name to the env ids that have a shipped per-env config."""
+    out: dict[str, list[str]] = {}
+    root = resources.files("rl_energy.configs")
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.name.startswith("_"):
+            envs = sorted(
+                f.name[: -len(".yaml")].replace("__", "/")
+                for f in entry.iterdir()
+                if f.name.endswith(".yaml") and f.name != "default.yaml"
+            )
+            out[entry.name] = envs
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value as a YAML scalar) into (path, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set key {key!r} must name a section, e.g. train.seed=1 or agent.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return path, value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def load_yaml_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse config file {p}: {exc}") from None
+
+
+def resolve_config(
+    agent_name: str,
+    env_id: str,
+    agent_config_cls: type,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Build the :class:`RunConfig` for ``agent_name`` on ``env_id`` (see module docstring)."""
+    cfg = RunConfig(agent_name=agent_name, env_id=env_id, agent=agent_config_cls())
+    _apply(cfg, packaged_config(agent_name, "default.yaml"), f"configs/{agent_name}/default.yaml")
+    env_file = config_file_name(env_id)
+    _apply(cfg, packaged_config(agent_name, env_file), f"configs/{agent_name}/{env_file}")
+    if config_file is not None:
+        _apply(cfg, load_yaml_file(config_file), str(config_file))
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _apply(cfg, _nest(path, value), f"--set {text}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    cfg.train.validate()
+    check = getattr(cfg.agent, "validate", None)
+    if check is not None:
+        check()
+
+
+def run_config_from_dict(data: dict, agent_config_cls: type) -> RunConfig:
+    """Rebuild a saved ``config.yaml`` (used by ``--resume`` and ``evaluate``)."""
+    cfg = RunConfig(agent_name=data["agent_name"], env_id=data["env_id"], agent=agent_config_cls())
+    _apply(cfg, data, "config.yaml")
+    validate(cfg)
+    return cfg

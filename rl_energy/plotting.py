@@ -1,0 +1,82 @@
+"""Learning curves from run directories: mean and spread over seeds, one line per agent x env."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rl_energy.config import ConfigError
+
+
+def read_curve(run_dir: Path, column: str = "eval_return_mean") -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of the rows of ``progress.csv`` where ``column`` is set."""
+    path = run_dir / "progress.csv"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no progress.csv")
+    steps, values = [], []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if column not in (reader.fieldnames or []):
+            raise ConfigError(f"{path} has no column '{column}'; columns: {', '.join(reader.fieldnames or [])}")
+        for row in reader:
+            if row.get(column):
+                steps.append(int(row["step"]))
+                values.append(float(row[column]))
+    return np.asarray(steps), np.asarray(values)
+
+
+def run_label(run_dir: Path) -> str:
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        return f"{cfg.get('agent_name', '?')} / {cfg.get('env_id', '?')}"
+    return run_dir.name
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Interpolate each seed's curve onto the common step grid; return steps, mean, min, max."""
+    last = min(s[-1] for s, _ in curves)
+    grid = np.unique(np.concatenate([s[s <= last] for s, _ in curves]))
+    ys = np.stack([np.interp(grid, s, v) for s, v in curves])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def plot_runs(run_dirs: list[Path], out: Path, column: str = "eval_return_mean") -> Path:
+    """Plot ``column`` against step for each group of runs (same agent and env = seeds of one curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for d in run_dirs:
+        if not d.is_dir():
+            raise ConfigError(f"run directory not found: {d}")
+        steps, values = read_curve(d, column)
+        if len(steps):
+            groups[run_label(d)].append((steps, values))
+    if not groups:
+        raise ConfigError(f"no '{column}' values in the given runs")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curves in sorted(groups.items()):
+        grid, mean, lo, hi = aggregate(curves)
+        line = ax.plot(grid, mean, label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")[0]
+        if len(curves) > 1:
+            ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("mean over seeds (band: min to max)" if any(len(c) > 1 for c in groups.values()) else "")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["aggregate", "plot_runs", "read_curve"]

@@ -1,0 +1,380 @@
+"""The off-policy training loop: collect -> buffer -> agent.update -> evaluate -> log -> checkpoint.
+
+Gymnasium 1.x autoreset (``NEXT_STEP`` mode): when an env's episode ends at step ``t`` the step
+returns the true final observation; the next ``step`` call ignores its action and only resets. The
+trainer therefore
+
+* stores the final observation as the transition's next observation, so a **truncated** transition
+  bootstraps from it, while a **terminated** one does not (its ``terminated`` flag is set);
+* marks the reset step invalid: it is never sampled, never counted as a step, and triggers no update.
+
+``step`` counts real transitions summed over the vector envs. Interrupts (SIGINT/SIGTERM) write a
+checkpoint and stop cleanly; ``Trainer(..., resume=True)`` continues the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_energy.agent import Agent, NonFiniteError
+from rl_energy.buffers import ReplayBuffer
+from rl_energy.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from rl_energy.config import ConfigError, RunConfig
+from rl_energy.logger import Console, RunLogger, format_row
+from rl_energy.registry import check_env_id, get_agent
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGINT/SIGTERM once the checkpoint is written."""
+
+    def __init__(self, step: int, signum: int, run_dir: Path) -> None:
+        self.step, self.signum, self.run_dir = step, signum, run_dir
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: stopped at step {step}; checkpoint written. "
+            f"Resume with: rl-energy train --resume {run_dir}"
+        )
+
+
+class TrainingError(Exception):
+    """A run stopped on a non-finite quantity; the last good state was checkpointed."""
+
+
+@dataclass
+class EvalResult:
+    mean: float
+    std: float
+    returns: list[float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.device' is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) -> gym.vector.VectorEnv:
+    """A synchronous vector env in ``NEXT_STEP`` autoreset mode with actions rescaled to [-1, 1]."""
+    check_env_id(env_id)
+    envs = gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+        **(env_kwargs or {}),
+    )
+    space = envs.single_action_space
+    if not isinstance(space, gym.spaces.Box):
+        envs.close()
+        raise ConfigError(f"environment '{env_id}' has a {type(space).__name__} action space; "
+                          "the off-policy agents need a continuous (Box) one")
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        envs.close()
+        raise ConfigError(f"environment '{env_id}' has unbounded actions; cannot rescale them to [-1, 1]")
+    if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+        envs = gym.wrappers.vector.RescaleAction(envs, min_action=-1.0, max_action=1.0)
+    return envs
+
+
+def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / cfg.agent_name / cfg.env_id.replace("/", "__") / f"{cfg.train.seed}-{stamp}"
+
+
+def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.Space, device: torch.device) -> Agent:
+    spec = get_agent(cfg.agent_name)
+    obs_space = observation_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ConfigError(f"environment '{cfg.env_id}' has a {type(obs_space).__name__} observation space; "
+                          f"agent '{cfg.agent_name}' needs a Box one")
+    unit = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
+    return spec.cls(obs_space, unit, cfg.agent, device)
+
+
+def evaluate_policy(agent: Agent, envs: gym.vector.VectorEnv, seed: int, deterministic: bool = True) -> EvalResult:
+    """One episode in each of ``envs.num_envs`` envs, reset with seeds ``seed, seed+1, ...``."""
+    n = envs.num_envs
+    obs, _ = envs.reset(seed=[seed + i for i in range(n)])
+    returns = np.zeros(n)
+    active = np.ones(n, dtype=bool)
+    was_training = agent.training
+    agent.train(False)
+    try:
+        while active.any():
+            action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=agent.device), deterministic)
+            obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+            returns[active] += reward[active]
+            active &= ~(terminated | truncated)
+    finally:
+        agent.train(was_training)
+    return EvalResult(float(returns.mean()), float(returns.std()), returns.tolist())
+
+
+class Trainer:
+    """Owns the vector env, the buffer, evaluation, logging and checkpoints of one run."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
+        self.cfg = cfg
+        t = cfg.train
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.verbose = verbose
+        if resume and not has_checkpoint(self.ckpt_dir):
+            raise ConfigError(f"--resume {self.run_dir}: no checkpoint found in {self.ckpt_dir}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        if t.torch_threads:
+            torch.set_num_threads(t.torch_threads)
+        self.device = resolve_device(t.device)
+        self._seed_everything(t.seed)
+
+        self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs)
+        self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs)
+        self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.single_action_space, self.device)
+        self.action_dim = self.agent.action_dim
+        obs_shape = self.envs.single_observation_space.shape
+        self.buffer = ReplayBuffer(t.buffer_size, t.num_envs, obs_shape, self.action_dim, self.device, seed=t.seed)
+
+        # loop state (all of it goes into the checkpoint)
+        self.step = 0
+        self.episodes = 0
+        self.updates = 0
+        self.update_debt = 0.0
+        self.wall_time = 0.0
+        self.resumes = 0
+        self.last_log_step = 0
+        self.last_eval_step = -1
+        self.last_ckpt_step = 0
+        self.last_eval: EvalResult | None = None
+        self.last_metrics: dict[str, torch.Tensor] = {}
+        self._recent_returns: list[float] = []
+        self._recent_lengths: list[int] = []
+        self._signal: int | None = None
+
+        self.obs: np.ndarray | None = None
+        resume_step = None
+        if resume:
+            self._restore()
+            resume_step = self.step
+        cfg.save(self.run_dir / "config.yaml")
+        self.logger = RunLogger(self.run_dir, self.agent.metric_names, resume_step=resume_step)
+
+    # ------------------------------------------------------------------------------------ seeding
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def _reset_envs(self) -> np.ndarray:
+        n = self.cfg.train.num_envs
+        # a resumed run re-seeds its envs differently so that it does not replay the first episodes
+        base = self.cfg.train.seed + 1_000_003 * self.resumes
+        obs, _ = self.envs.reset(seed=[base + i for i in range(n)])
+        self.envs.action_space.seed(base)
+        return obs
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "episodes": self.episodes,
+            "updates": self.updates,
+            "update_debt": self.update_debt,
+            "wall_time": self.wall_time,
+            "resumes": self.resumes,
+            "last_log_step": self.last_log_step,
+            "last_eval_step": self.last_eval_step,
+            "last_eval": None if self.last_eval is None else [self.last_eval.mean, self.last_eval.std],
+            "last_obs": torch.as_tensor(self.obs, dtype=torch.float32),
+            "agent": self.agent.checkpoint_state(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": self.rng.bit_generator.state,
+                "python": random.getstate(),
+            },
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_dir, self._state(), self.buffer.state_dict())
+        self.last_ckpt_step = self.step
+
+    def _restore(self) -> None:
+        state, buffer_state = load_checkpoint(self.ckpt_dir)
+        self.agent.load_checkpoint_state(state["agent"])
+        if buffer_state is not None:
+            self.buffer.load_state_dict(buffer_state)
+        for key in ("step", "episodes", "updates", "update_debt", "wall_time", "last_log_step", "last_eval_step"):
+            setattr(self, key, state[key])
+        self.resumes = state["resumes"] + 1
+        self.last_ckpt_step = self.step
+        if state["last_eval"] is not None:
+            self.last_eval = EvalResult(state["last_eval"][0], state["last_eval"][1], [])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        random.setstate(state["rng"]["python"])
+        # the env is re-created: the last observation closes each env's stream in the buffer
+        self.buffer.close_stream(state["last_obs"].numpy())
+
+    # ------------------------------------------------------------------------------------- signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self._signal = signum
+
+    # ---------------------------------------------------------------------------------------- loop
+    def train(self) -> EvalResult:
+        """Run until ``train.total_steps``; return the final deterministic evaluation."""
+        handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not in the main thread
+                pass
+        console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
+        try:
+            return self._train(console)
+        finally:
+            console.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            self.logger.close()
+            self.envs.close()
+            self.eval_envs.close()
+
+    def _train(self, console: Console) -> EvalResult:
+        t = self.cfg.train
+        n = t.num_envs
+        self.obs = self._reset_envs()
+        prev_done = np.zeros(n, dtype=bool)
+        ep_return = np.zeros(n)
+        ep_length = np.zeros(n, dtype=np.int64)
+        start_time = time.perf_counter() - self.wall_time
+        last_row_time, last_row_step = time.perf_counter(), self.step
+        agent, buffer = self.agent, self.buffer
+
+        while self.step < t.total_steps:
+            if self._signal is not None:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+                raise TrainingInterrupted(self.step, self._signal, self.run_dir)
+            try:
+                if self.step < t.learning_starts:
+                    action = self.rng.uniform(-1.0, 1.0, size=(n, self.action_dim)).astype(np.float32)
+                else:
+                    obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
+                    action = agent.act(obs_t).cpu().numpy()
+                    if not np.isfinite(action).all():
+                        raise NonFiniteError("action", "the policy produced NaN/inf")
+                next_obs, reward, terminated, truncated, _ = self.envs.step(action)
+                valid = ~prev_done
+                if not (np.isfinite(next_obs).all() and np.isfinite(reward).all()):
+                    raise NonFiniteError("observation/reward", "the environment returned NaN/inf")
+                buffer.add(self.obs, action, reward, terminated, valid)
+
+                ep_return += np.where(valid, reward, 0.0)
+                ep_length += valid
+                done = (terminated | truncated) & valid
+                if done.any():
+                    for i in np.flatnonzero(done):
+                        self._recent_returns.append(float(ep_return[i]))
+                        self._recent_lengths.append(int(ep_length[i]))
+                    self.episodes += int(done.sum())
+                    ep_return[done] = 0.0
+                    ep_length[done] = 0
+                prev_done = terminated | truncated
+                self.obs = next_obs
+                new = int(valid.sum())
+                self.step += new
+
+                if self.step >= t.learning_starts and new:
+                    self.update_debt += t.utd * new
+                    while self.update_debt >= 1.0:
+                        self.last_metrics = agent.update(buffer.sample(t.batch_size))
+                        self.updates += 1
+                        self.update_debt -= 1.0
+            except NonFiniteError as exc:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+                detail = f" ({exc.detail})" if exc.detail else ""
+                raise TrainingError(
+                    f"stopped at step {self.step}: non-finite {exc.quantity}{detail}. "
+                    f"The last good state is checkpointed in {self.ckpt_dir}."
+                ) from None
+
+            if not new:
+                continue
+            final = self.step >= t.total_steps
+            due_eval = final or (
+                t.eval_every > 0 and self.step // t.eval_every > max(self.last_eval_step, 0) // t.eval_every
+            )
+            due_log = final or self.step // t.log_every > self.last_log_step // t.log_every
+            if due_eval:  # the final evaluation is always deterministic
+                deterministic = True if final else t.eval_deterministic
+                self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic)
+                self.last_eval_step = self.step
+            if due_log or due_eval:
+                now = time.perf_counter()
+                sps = (self.step - last_row_step) / max(now - last_row_time, 1e-9)
+                last_row_time, last_row_step = now, self.step
+                row = self._row(sps, now - start_time, with_eval=bool(due_eval))
+                self.logger.log(row)
+                console.row(row)
+                self.last_log_step = self.step
+            if self.step % 100 < n or due_log:
+                info = "" if self.last_eval is None else f"eval {self.last_eval.mean:.1f}"
+                console.advance(self.step, info)
+            if t.checkpoint_every and self.step // t.checkpoint_every > self.last_ckpt_step // t.checkpoint_every:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+
+        if self.last_eval is None or not self.last_eval.returns:  # resumed at or past total_steps
+            self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic=True)
+        self.wall_time = time.perf_counter() - start_time
+        self.save()
+        return self.last_eval
+
+    def _row(self, sps: float, wall: float, with_eval: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": self.step, "sps": sps, "wall_time": wall}
+        if self._recent_returns:
+            row["episode_return"] = float(np.mean(self._recent_returns))
+            row["episode_length"] = float(np.mean(self._recent_lengths))
+            self._recent_returns.clear()
+            self._recent_lengths.clear()
+        if with_eval and self.last_eval is not None:
+            row["eval_return_mean"] = self.last_eval.mean
+            row["eval_return_std"] = self.last_eval.std
+        for key, value in self.last_metrics.items():
+            row[key] = float(value)
+        return row
+
+
+def final_line(result: EvalResult, deterministic: bool = True) -> str:
+    kind = "deterministic" if deterministic else "stochastic"
+    return f"final eval return: {result.mean:.2f} ± {result.std:.2f} ({len(result.returns)} episodes, {kind})"
+
+
+__all__ = [
+    "EvalResult",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "default_run_dir",
+    "evaluate_policy",
+    "final_line",
+    "format_row",
+    "make_vector_env",
+]
