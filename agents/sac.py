@@ -127,6 +127,15 @@ class SAC(Agent):
             return torch.tanh(self.actor(obs)[0])
         return self.actor.sample(obs)[0]
 
+    @torch.no_grad()
+    def soft_target(
+        self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        """``y = r + γ (1 - terminated) [min_k Q̄_k(s', a') - α log π(a'|s')]`` (Eq. 3, clipped double Q)."""
+        a_next, logp_next = self.actor.sample(next_obs)
+        q_next = self.critic_target(torch.cat([next_obs, a_next], -1)).squeeze(-1).min(0).values
+        return reward + self.config.gamma * (1.0 - terminated.float()) * (q_next - alpha * logp_next)
+
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
@@ -142,12 +151,7 @@ class SAC(Agent):
             alpha_loss.backward()
             opt["alpha"].step()
 
-        with torch.no_grad():  # Eq. 3 with clipped double Q
-            a_next, logp_next = self.actor.sample(next_obs)
-            q_next = self.critic_target(torch.cat([next_obs, a_next], -1)).squeeze(-1).min(0).values
-            not_done = 1.0 - batch["terminated"].float()
-            y = batch["reward"] + c.gamma * not_done * (q_next - alpha * logp_next)
-
+        y = self.soft_target(batch["reward"], next_obs, batch["terminated"], alpha)
         q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # [2, B]
         critic_loss = 0.5 * (q - y).pow(2).mean(-1).sum()  # Eq. 5, summed over the twins
         assert_finite("critic_loss", critic_loss)

@@ -298,10 +298,11 @@ class Trainer:
                 prev_done = terminated | truncated
                 self.obs = next_obs
                 new = int(valid.sum())
-                self.step += new
+                prev_step, self.step = self.step, self.step + new
 
-                if self.step >= t.learning_starts and new:
-                    self.update_debt += t.utd * new
+                learn = self.step - max(prev_step, t.learning_starts)  # transitions past learning_starts
+                if learn > 0:
+                    self.update_debt += t.utd * learn
                     while self.update_debt >= 1.0:
                         self.last_metrics = agent.update(buffer.sample(t.batch_size))
                         self.updates += 1
