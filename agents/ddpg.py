@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from rl_energy.agent import Agent, assert_finite
+from rl_energy.agent import Agent, adam, assert_finite
 from rl_energy.config import ConfigError
 from rl_energy.nets import EnsembleMLP, mlp, polyak_update
 from rl_energy.registry import register_agent
@@ -74,10 +74,9 @@ class DDPG(Agent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(self.device)
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr),
+            "actor": adam(self.actor.parameters(), c.actor_lr),
+            "critic": adam(self.critic.parameters(), c.critic_lr),
         }
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -89,7 +88,7 @@ class DDPG(Agent):
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
         obs, next_obs = batch["obs"], batch["next_obs"]
-        update_actor = int(self.num_updates) % c.actor_update_every == 0
+        update_actor = self.num_updates % c.actor_update_every == 0
         self.num_updates += 1
 
         with torch.no_grad():

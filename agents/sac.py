@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from rl_energy.agent import Agent, assert_finite
+from rl_energy.agent import Agent, adam, assert_finite
 from rl_energy.config import ConfigError
 from rl_energy.nets import EnsembleMLP, mlp, polyak_update
 from rl_energy.registry import register_agent
@@ -113,13 +113,15 @@ class SAC(Agent):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(c.alpha)), requires_grad=c.autotune)
         self.target_entropy = -float(self.action_dim) if c.target_entropy is None else c.target_entropy
         self.to(self.device)
-        self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr),
-        }
+        # The temperature shares the actor's optimiser step (its own learning rate, its own parameter
+        # group): its gradient only depends on log π of the current batch, exactly as in SB3's order.
+        actor_groups = [{"params": list(self.actor.parameters()), "lr": c.actor_lr}]
         if c.autotune:
-            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+            actor_groups.append({"params": [self.log_alpha], "lr": c.alpha_lr})
+        self.optimizers = {
+            "actor": adam(actor_groups, c.actor_lr),
+            "critic": adam(self.critic.parameters(), c.critic_lr),
+        }
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -139,17 +141,11 @@ class SAC(Agent):
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
-        update_actor = int(self.num_updates) % c.actor_update_every == 0
+        update_actor = self.num_updates % c.actor_update_every == 0
         self.num_updates += 1
-
+        alpha = self.log_alpha.detach().exp()  # the temperature before this step's update (as in SB3)
         if update_actor:
             a_pi, logp_pi = self.actor.sample(obs)
-        alpha = self.log_alpha.detach().exp()
-        if c.autotune and update_actor:  # Eq. 18
-            alpha_loss = -(self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
-            opt["alpha"].zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            opt["alpha"].step()
 
         y = self.soft_target(batch["reward"], next_obs, batch["terminated"], alpha)
         q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # [2, B]
@@ -160,12 +156,15 @@ class SAC(Agent):
         opt["critic"].step()
 
         metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean()}
-        if update_actor:  # Eq. 12 through the updated critics, parameters detached
+        if update_actor:  # Eq. 12 through the updated critics (parameters detached), plus Eq. 18
             q_pi = self.critic(torch.cat([obs, a_pi], -1), detach_params=True).squeeze(-1).min(0).values
             actor_loss = (alpha * logp_pi - q_pi).mean()
             assert_finite("actor_loss", actor_loss)
+            loss = actor_loss
+            if c.autotune:
+                loss = loss - (self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
             opt["actor"].zero_grad(set_to_none=True)
-            actor_loss.backward()
+            loss.backward()
             opt["actor"].step()
             metrics["actor_loss"] = actor_loss.detach()
             metrics["entropy"] = -logp_pi.detach().mean()

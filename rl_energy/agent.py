@@ -58,6 +58,8 @@ class Agent(nn.Module):
         self.obs_dim = int(torch.tensor(observation_space.shape).prod())
         self.action_dim = int(torch.tensor(action_space.shape).prod())
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.num_updates = 0
+        """Gradient steps taken so far (a Python int: reading it costs no device sync)."""
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions in ``[-1, 1]`` for a batch of observations (no gradient)."""
@@ -76,9 +78,16 @@ class Agent(nn.Module):
         return {
             "modules": self.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "num_updates": self.num_updates,
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["modules"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        self.num_updates = int(state["num_updates"])
+
+
+def adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused multi-tensor kernel (one kernel per step on CPU and CUDA alike)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)

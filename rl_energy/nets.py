@@ -79,7 +79,7 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
         self.n = n
-        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.activation = activation()
 
     def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:

@@ -14,7 +14,6 @@ checkpoint and stop cleanly; ``Trainer(..., resume=True)`` continues the same ru
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
@@ -163,6 +162,8 @@ class Trainer:
         self._recent_returns: list[float] = []
         self._recent_lengths: list[int] = []
         self._signal: int | None = None
+        self.timing: dict[str, float] = {}
+        """perf_counter stamps: ``learn_start`` (first update) and ``loop_end`` (before the final eval)."""
 
         self.obs: np.ndarray | None = None
         resume_step = None
@@ -302,6 +303,8 @@ class Trainer:
 
                 learn = self.step - max(prev_step, t.learning_starts)  # transitions past learning_starts
                 if learn > 0:
+                    if "learn_start" not in self.timing:
+                        self.timing["learn_start"] = time.perf_counter()
                     self.update_debt += t.utd * learn
                     while self.update_debt >= 1.0:
                         self.last_metrics = agent.update(buffer.sample(t.batch_size))
@@ -323,6 +326,8 @@ class Trainer:
                 t.eval_every > 0 and self.step // t.eval_every > max(self.last_eval_step, 0) // t.eval_every
             )
             due_log = final or self.step // t.log_every > self.last_log_step // t.log_every
+            if final:
+                self.timing["loop_end"] = time.perf_counter()
             if due_eval:  # the final evaluation is always deterministic
                 deterministic = True if final else t.eval_deterministic
                 self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic)
@@ -342,6 +347,7 @@ class Trainer:
                 self.wall_time = time.perf_counter() - start_time
                 self.save()
 
+        self.timing.setdefault("loop_end", time.perf_counter())
         if self.last_eval is None or not self.last_eval.returns:  # resumed at or past total_steps
             self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic=True)
         self.wall_time = time.perf_counter() - start_time

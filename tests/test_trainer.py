@@ -1,13 +1,11 @@
 """The training loop under Gymnasium 1.x autoreset, seeding, the NaN guard and checkpoints."""
 
 import csv
-import math
 
-import numpy as np
 import pytest
 import torch
-
 from rl_energy.agents.sac import SAC
+
 from rl_energy.checkpoint import load_checkpoint
 from rl_energy.trainer import Trainer, TrainingError
 from tests.conftest import quick_config
@@ -44,7 +42,6 @@ def test_truncation_stores_true_final_obs_and_termination_flags(tmp_path, num_en
 
 def test_sac_target_bootstraps_on_truncation_not_on_termination():
     import gymnasium as gym
-
     from rl_energy.agents.sac import SACConfig
 
     box = gym.spaces.Box(-1, 1, (2,))

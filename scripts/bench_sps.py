@@ -1,0 +1,93 @@
+"""Training throughput (env steps per second) of an rl-energy agent beside Stable-Baselines3's SAC.
+
+Both run in this process on the same env with the same hyperparameters (batch 256, 256x256 nets,
+one gradient step per env step, learning starts 1000, 1M-slot replay), alternating ours/SB3,
+``--repeats`` times. SPS is measured over the learning phase only (first update to last step), so
+construction, the random warm-up and evaluation are excluded for both. The median over repeats is
+reported; the last line is ``<agent>/sb3-sac SPS ratio: X``.
+
+    python scripts/bench_sps.py --env Ant-v4 --agent sac
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
+
+from rl_energy.config import resolve_config  # noqa: E402
+from rl_energy.registry import get_agent  # noqa: E402
+from rl_energy.trainer import Trainer  # noqa: E402
+
+
+def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, extra: list[str]) -> float:
+    overrides = [
+        f"train.total_steps={learning_starts + steps}", f"train.learning_starts={learning_starts}",
+        "train.batch_size=256", "train.buffer_size=1000000", "train.eval_every=0", "train.eval_episodes=1",
+        "train.checkpoint_every=0", f"train.log_every={learning_starts + steps}", f"train.seed={seed}",
+        "train.device=cpu", *extra,
+    ]
+    if agent == "sac":
+        overrides += ["agent.hidden=[256,256]", "agent.actor_lr=3e-4", "agent.critic_lr=3e-4",
+                      "agent.alpha_lr=3e-4", "agent.tau=0.005", "agent.gamma=0.99", "agent.autotune=true"]
+    cfg = resolve_config(agent, env_id, get_agent(agent).config_cls, overrides=overrides)
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(cfg, Path(d), verbose=False)
+        trainer.train()
+    return steps / (trainer.timing["loop_end"] - trainer.timing["learn_start"])
+
+
+def sb3(env_id: str, learning_starts: int, steps: int, seed: int) -> float:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Clock(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == learning_starts + 1:
+                self.start = time.perf_counter()  # SB3 trains after the step that passes learning_starts
+            return True
+
+        def _on_training_end(self) -> None:
+            self.end = time.perf_counter()
+
+    env = gym.make(env_id)
+    model = SAC("MlpPolicy", env, learning_rate=3e-4, buffer_size=1_000_000, learning_starts=learning_starts,
+                batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
+                policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed, verbose=0)
+    clock = Clock()
+    model.learn(learning_starts + steps, callback=clock)
+    env.close()
+    return (steps - 1) / (clock.end - clock.start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="Ant-v4")
+    p.add_argument("--agent", default="sac")
+    p.add_argument("--steps", type=int, default=2000, help="learning-phase steps timed per run")
+    p.add_argument("--learning-starts", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for our agent")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, env {args.env}, "
+          f"{args.steps} timed steps after {args.learning_starts} random ones", flush=True)
+    mine, theirs = [], []
+    for r in range(args.repeats):
+        mine.append(ours(args.agent, args.env, args.learning_starts, args.steps, r, args.extra))
+        theirs.append(sb3(args.env, args.learning_starts, args.steps, r))
+        print(f"repeat {r}: {args.agent} {mine[-1]:.1f} SPS | sb3-sac {theirs[-1]:.1f} SPS", flush=True)
+    m, t = statistics.median(mine), statistics.median(theirs)
+    print(f"median: {args.agent} {m:.1f} SPS | sb3-sac {t:.1f} SPS")
+    print(f"{args.agent}/sb3-sac SPS ratio: {m / t:.2f}")
+
+
+if __name__ == "__main__":
+    main()
