@@ -1,10 +1,12 @@
-"""Training throughput (env steps per second) of an rl-energy agent beside Stable-Baselines3's SAC.
+"""Training throughput (env steps per second) of an rl-energy agent beside Stable-Baselines3.
 
-Both run in this process on the same env with the same hyperparameters (batch 256, 256x256 nets,
-one gradient step per env step, learning starts 1000, 1M-slot replay), alternating ours/SB3,
-``--repeats`` times. SPS is measured over the learning phase only (first update to last step), so
-construction, the random warm-up and evaluation are excluded for both. The median over repeats is
-reported; the last line is ``<agent>/sb3-sac SPS ratio: X``.
+The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents) or SB3's DDPG (for
+``--agent ddpg``). Both run in this process on the same env with the same hyperparameters (batch 256,
+256x256 nets, one gradient step per env step, learning starts 1000, 1M-slot replay; SAC: lr 3e-4,
+automatic entropy; DDPG: lr 1e-3, Gaussian noise 0.1), alternating ours/SB3, ``--repeats`` times.
+SPS is measured over the learning phase only (first update to last step), so construction, the
+random warm-up and evaluation are excluded for both. The median over repeats is reported; the last
+line is ``<agent>/sb3-<ref> SPS ratio: X``.
 
     python scripts/bench_sps.py --env Ant-v4 --agent sac
 """
@@ -38,6 +40,9 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
     if agent == "sac":
         overrides += ["agent.hidden=[256,256]", "agent.actor_lr=3e-4", "agent.critic_lr=3e-4",
                       "agent.alpha_lr=3e-4", "agent.tau=0.005", "agent.gamma=0.99", "agent.autotune=true"]
+    elif agent == "ddpg":
+        overrides += ["agent.hidden=[256,256]", "agent.actor_lr=1e-3", "agent.critic_lr=1e-3",
+                      "agent.tau=0.005", "agent.gamma=0.99", "agent.exploration_noise=0.1"]
     cfg = resolve_config(agent, env_id, get_agent(agent).config_cls, overrides=overrides)
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(cfg, Path(d), verbose=False)
@@ -45,9 +50,15 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
     return steps / (trainer.timing["loop_end"] - trainer.timing["learn_start"])
 
 
-def sb3(env_id: str, learning_starts: int, steps: int, seed: int) -> float:
-    from stable_baselines3 import SAC
+def reference_name(agent: str) -> str:
+    return "ddpg" if agent == "ddpg" else "sac"
+
+
+def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int) -> float:
+    import numpy as np
+    from stable_baselines3 import DDPG, SAC
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.noise import NormalActionNoise
 
     class Clock(BaseCallback):
         def _on_step(self) -> bool:
@@ -59,9 +70,17 @@ def sb3(env_id: str, learning_starts: int, steps: int, seed: int) -> float:
             self.end = time.perf_counter()
 
     env = gym.make(env_id)
-    model = SAC("MlpPolicy", env, learning_rate=3e-4, buffer_size=1_000_000, learning_starts=learning_starts,
-                batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
-                policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed, verbose=0)
+    common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99,
+                  train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed,
+                  verbose=0)
+    if ref == "sac":
+        model = SAC("MlpPolicy", env, learning_rate=3e-4, ent_coef="auto", **common)
+    else:
+        dim = env.action_space.shape[0]
+        # SB3 adds noise in the env's action units; ours is in [-1, 1] units: scale it to match
+        sigma = 0.1 * (env.action_space.high - env.action_space.low) / 2
+        model = DDPG("MlpPolicy", env, learning_rate=1e-3, action_noise=NormalActionNoise(np.zeros(dim), sigma),
+                     **common)
     clock = Clock()
     model.learn(learning_starts + steps, callback=clock)
     env.close()
@@ -79,14 +98,15 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, env {args.env}, "
           f"{args.steps} timed steps after {args.learning_starts} random ones", flush=True)
+    ref = reference_name(args.agent)
     mine, theirs = [], []
     for r in range(args.repeats):
         mine.append(ours(args.agent, args.env, args.learning_starts, args.steps, r, args.extra))
-        theirs.append(sb3(args.env, args.learning_starts, args.steps, r))
-        print(f"repeat {r}: {args.agent} {mine[-1]:.1f} SPS | sb3-sac {theirs[-1]:.1f} SPS", flush=True)
+        theirs.append(sb3(ref, args.env, args.learning_starts, args.steps, r))
+        print(f"repeat {r}: {args.agent} {mine[-1]:.1f} SPS | sb3-{ref} {theirs[-1]:.1f} SPS", flush=True)
     m, t = statistics.median(mine), statistics.median(theirs)
-    print(f"median: {args.agent} {m:.1f} SPS | sb3-sac {t:.1f} SPS")
-    print(f"{args.agent}/sb3-sac SPS ratio: {m / t:.2f}")
+    print(f"median: {args.agent} {m:.1f} SPS | sb3-{ref} {t:.1f} SPS")
+    print(f"{args.agent}/sb3-{ref} SPS ratio: {m / t:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""`rl-energy evaluate` and `rl-energy plot` on real (short) runs."""
+
+import csv
+
+from rl_energy.cli import main
+from rl_energy.trainer import Trainer
+from tests.conftest import quick_config
+
+
+def test_evaluate_reports_the_checkpoint_return(tmp_path, capsys):
+    cfg = quick_config(total_steps=120)
+    Trainer(cfg, tmp_path / "run", verbose=False).train()
+    assert main(["evaluate", str(tmp_path / "run"), "--episodes", "3"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    # the probe env pays 1 per step and truncates at 7 steps
+    assert out.startswith("step 120: final eval return: 7.00 ± 0.00 (3 episodes, deterministic)"), out
+
+
+def test_evaluate_without_checkpoint_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("agent_name: sac\nenv_id: Pendulum-v1\n")
+    assert main(["evaluate", str(tmp_path / "run")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_plot_writes_a_png_with_mean_and_spread(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        cfg = quick_config(total_steps=150, seed=seed, eval_every=50)
+        Trainer(cfg, tmp_path / f"s{seed}", verbose=False).train()
+        runs.append(str(tmp_path / f"s{seed}"))
+        with open(tmp_path / f"s{seed}" / "progress.csv", newline="") as f:
+            assert [r["eval_return_mean"] != "" for r in csv.DictReader(f)] == [True, True, True]
+    out = tmp_path / "curves.png"
+    assert main(["plot", *runs, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert main(["plot", runs[0], "--out", str(out), "--column", "nope"]) == 2
