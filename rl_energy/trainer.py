@@ -328,15 +328,16 @@ class Trainer:
             due_log = final or self.step // t.log_every > self.last_log_step // t.log_every
             if final:
                 self.timing["loop_end"] = time.perf_counter()
-            if due_eval:  # the final evaluation is always deterministic
-                deterministic = True if final else t.eval_deterministic
-                self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic)
-                self.last_eval_step = self.step
             if due_log or due_eval:
+                # SPS is training throughput: the clock for the next row restarts after the evaluation
                 now = time.perf_counter()
                 sps = (self.step - last_row_step) / max(now - last_row_time, 1e-9)
-                last_row_time, last_row_step = now, self.step
-                row = self._row(sps, now - start_time, with_eval=bool(due_eval))
+                if due_eval:  # the final evaluation is always deterministic
+                    deterministic = True if final else t.eval_deterministic
+                    self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic)
+                    self.last_eval_step = self.step
+                last_row_time, last_row_step = time.perf_counter(), self.step
+                row = self._row(sps, last_row_time - start_time, with_eval=bool(due_eval))
                 self.logger.log(row)
                 console.row(row)
                 self.last_log_step = self.step
