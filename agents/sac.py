@@ -28,7 +28,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_energy.agent import Agent, adam, assert_finite
-from rl_energy.config import ConfigError
+from rl_energy.config import require, validate_actor_critic
 from rl_energy.nets import EnsembleMLP, mlp, polyak_update
 from rl_energy.registry import register_agent
 
@@ -54,19 +54,8 @@ class SACConfig:
     """Actor (and temperature) update period in gradient steps (CleanRL uses 2, SB3 1)."""
 
     def validate(self) -> None:
-        if not 0 <= self.gamma <= 1:
-            raise ConfigError(f"config key 'agent.gamma' must be in [0, 1], got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"config key 'agent.tau' must be in (0, 1], got {self.tau}")
-        for key in ("actor_lr", "critic_lr", "alpha_lr", "alpha"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"config key 'agent.{key}' must be > 0, got {getattr(self, key)}")
-        if self.actor_update_every < 1:
-            raise ConfigError("config key 'agent.actor_update_every' must be >= 1")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"config key 'agent.hidden' must list positive widths, got {self.hidden}")
-        if self.log_std_min >= self.log_std_max:
-            raise ConfigError("config key 'agent.log_std_min' must be below agent.log_std_max")
+        validate_actor_critic(self, ("actor_lr", "critic_lr", "alpha_lr", "alpha"))
+        require(self, "log_std_min", self.log_std_min < self.log_std_max, "below agent.log_std_max")
 
 
 class TanhGaussianActor(nn.Module):

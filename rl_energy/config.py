@@ -97,6 +97,22 @@ class RunConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def require(obj: Any, key: str, ok: bool, requirement: str, section: str = "agent") -> None:
+    """Raise :class:`ConfigError` naming ``section.key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config key '{section}.{key}' must be {requirement}, got {getattr(obj, key)!r}")
+
+
+def validate_actor_critic(obj: Any, positive: tuple[str, ...]) -> None:
+    """Checks shared by the actor-critic agent configs: γ, τ, learning rates, widths, update period."""
+    require(obj, "gamma", 0 <= obj.gamma <= 1, "in [0, 1]")
+    require(obj, "tau", 0 < obj.tau <= 1, "in (0, 1]")
+    for key in positive:
+        require(obj, key, getattr(obj, key) > 0, "> 0")
+    require(obj, "hidden", bool(obj.hidden) and min(obj.hidden) >= 1, "a list of positive widths")
+    require(obj, "actor_update_every", obj.actor_update_every >= 1, ">= 1")
+
+
 # --------------------------------------------------------------------------------------------------
 # Coercion of YAML values to the annotated field types
 # --------------------------------------------------------------------------------------------------
