@@ -30,7 +30,7 @@ from rl_energy.agent import Agent, NonFiniteError
 from rl_energy.buffers import ReplayBuffer
 from rl_energy.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from rl_energy.config import ConfigError, RunConfig
-from rl_energy.logger import Console, RunLogger, format_row
+from rl_energy.logger import Console, RunLogger
 from rl_energy.registry import check_env_id, get_agent
 
 
@@ -383,6 +383,5 @@ __all__ = [
     "default_run_dir",
     "evaluate_policy",
     "final_line",
-    "format_row",
     "make_vector_env",
 ]
