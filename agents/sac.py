@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from rl_energy.agent import Agent, adam, assert_finite
+from rl_energy.agent import Agent, assert_finite
 from rl_energy.config import require, validate_actor_critic
 from rl_energy.nets import EnsembleMLP, mlp, polyak_update
+from rl_energy.optim import adam
 from rl_energy.registry import register_agent
 
 

@@ -87,7 +87,3 @@ class Agent(nn.Module):
             opt.load_state_dict(state["optimizers"][name])
         self.num_updates = int(state["num_updates"])
 
-
-def adam(params: Any, lr: float) -> torch.optim.Adam:
-    """Adam with the fused multi-tensor kernel (one kernel per step on CPU and CUDA alike)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)

@@ -91,7 +91,7 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
     if not args.quiet:
-        print(f"run directory: {run_dir}", flush=True)
+        print(f"run directory: {run_dir} (device {trainer.device}, {cfg.train.matmul_precision} matmuls)", flush=True)
     try:
         result = trainer.train()
     except TrainingInterrupted as exc:

@@ -54,6 +54,10 @@ class TrainConfig:
     checkpoint_every: int = 25_000
     """Write ``checkpoints/`` every this many steps (0: only at the end and on SIGINT/SIGTERM)."""
     device: str = "auto"
+    matmul_precision: str = "auto"
+    """Precision of the network matrix products: ``fp32``, ``bf16`` (bfloat16 inputs, float32
+    accumulation and float32 everywhere else) or ``auto`` (bf16 where the hardware multiplies bfloat16
+    natively, as CPUs with AVX512-BF16 or AMX do, else fp32). See :mod:`rl_energy.nets`."""
     torch_threads: int = 0
     """``torch.set_num_threads`` value; 0 keeps PyTorch's default."""
 
@@ -69,6 +73,10 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.utd' must be a positive number, got {self.utd}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"config key 'train.device' must be cpu, cuda or auto, got {self.device!r}")
+        if self.matmul_precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(
+                f"config key 'train.matmul_precision' must be auto, fp32 or bf16, got {self.matmul_precision!r}"
+            )
         if self.buffer_size < 2 * self.num_envs:
             raise ConfigError("config key 'train.buffer_size' must hold at least two steps of every env")
 

@@ -3,6 +3,15 @@
 :class:`EnsembleMLP` evaluates ``n`` independent MLPs (e.g. SAC's twin critics) with one batched
 matrix multiply per layer instead of ``n`` separate ones, which halves the number of kernel launches
 and Python calls on the hot path (LeanRL's "fused critics").
+
+Matrix-product precision. :class:`MLP` and :class:`EnsembleMLP` evaluate their layers either in float32
+or with bfloat16 inputs and float32 accumulation (``torch.autocast``), and always return float32, so
+losses, log-densities and TD targets are computed in float32 either way. On a CPU with native
+bfloat16 dot products (AVX512-BF16, AMX) the products run about 4x faster; this is the precision
+JAX uses by default for matrix products on TPUs. Batches of fewer than ``BF16_MIN_ROWS`` rows (acting
+in the environment) stay in float32, where bfloat16 only adds casts. :func:`set_matmul_precision`
+switches every network of a module, and :func:`resolve_matmul_precision` turns ``"auto"`` into a choice
+for the device.
 """
 
 from __future__ import annotations
@@ -13,7 +22,65 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-Activation = Callable[[], nn.Module]
+Activation = Callable[..., nn.Module]
+"""A module factory: called with no argument, or with the layer width if it has ``per_unit = True``."""
+PRECISIONS = ("fp32", "bf16")
+BF16_MIN_ROWS = 32
+
+
+def resolve_matmul_precision(name: str, device: torch.device | str) -> str:
+    """``"auto"`` -> ``"bf16"`` on a CPU that multiplies bfloat16 natively, else ``"fp32"``."""
+    if name != "auto":
+        if name not in PRECISIONS:
+            raise ValueError(f"matmul precision must be auto, fp32 or bf16, got {name!r}")
+        return name
+    if torch.device(device).type == "cpu":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16" if native else "fp32"
+    return "fp32"
+
+
+def set_matmul_precision(module: nn.Module, precision: str) -> None:
+    """Set the matrix-product precision of every :class:`MLP`/:class:`EnsembleMLP` inside ``module``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"matmul precision must be fp32 or bf16, got {precision!r}")
+    for m in module.modules():
+        if isinstance(m, (MLP, EnsembleMLP)) and not m.keep_fp32:
+            m.bf16 = precision == "bf16"
+
+
+class MLP(nn.Sequential):
+    """A ``Sequential`` whose matrix products may run in bfloat16; its output is always float32.
+
+    Each forward pass opens its own autocast region, so the bfloat16 copies of the weights are made
+    afresh every call (never stale after an optimiser step). ``keep_fp32 = True`` exempts a network
+    from :func:`set_matmul_precision` (for outputs whose rounding a model amplifies).
+    """
+
+    bf16: bool = False
+    keep_fp32: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.bf16 or x.numel() < BF16_MIN_ROWS * x.shape[-1]:
+            return super().forward(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return super().forward(x).float()
+
+
+class Swish(nn.Module):
+    """``x · sigmoid(β x)`` with a learnable ``β`` per unit, initialised to 1 (Ramachandran et al., 2017).
+
+    Pass the class itself as an :func:`mlp` activation: ``per_unit`` tells :func:`mlp` to give it the width.
+    """
+
+    per_unit = True
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.beta * x)
 
 
 def mlp(
@@ -24,7 +91,7 @@ def mlp(
     layer_norm: bool = False,
     dropout: float = 0.0,
     output_activation: Activation | None = None,
-) -> nn.Sequential:
+) -> MLP:
     """``Linear -> [LayerNorm] -> act -> [Dropout]`` per hidden layer, then a linear output layer."""
     layers: list[nn.Module] = []
     last = in_dim
@@ -32,14 +99,14 @@ def mlp(
         layers.append(nn.Linear(last, width))
         if layer_norm:
             layers.append(nn.LayerNorm(width))
-        layers.append(activation())
+        layers.append(activation(width) if getattr(activation, "per_unit", False) else activation())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         last = width
     layers.append(nn.Linear(last, out_dim))
     if output_activation is not None:
         layers.append(output_activation())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class EnsembleLinear(nn.Module):
@@ -63,6 +130,10 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
         w, b = (self.weight.detach(), self.bias.detach()) if detach_params else (self.weight, self.bias)
+        if w.shape[-1] == 1:
+            # A scalar head (e.g. a Q-value) as multiply-and-sum: BLAS runs this [B, in] x [in, 1]
+            # product, and the outer product of its backward, about 4x slower than the elementwise ops.
+            return (x * w.transpose(-1, -2)).sum(-1, keepdim=True) + b
         return torch.baddbmm(b, x, w)
 
 
@@ -71,7 +142,11 @@ class EnsembleMLP(nn.Module):
 
     ``detach_params=True`` evaluates with the parameters detached: gradients then flow to the input
     only, which is what an actor loss through a critic needs (no wasted weight-gradient GEMMs).
+    The output is float32 whatever the matmul precision (see the module docstring).
     """
+
+    bf16: bool = False
+    keep_fp32: bool = False
 
     def __init__(
         self, n: int, in_dim: int, hidden: Sequence[int], out_dim: int, activation: Activation = nn.ReLU
@@ -83,6 +158,12 @@ class EnsembleMLP(nn.Module):
         self.activation = activation()
 
     def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        if not self.bf16 or x.numel() < BF16_MIN_ROWS * x.shape[-1]:
+            return self._forward(x, detach_params)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self._forward(x, detach_params).float()
+
+    def _forward(self, x: torch.Tensor, detach_params: bool) -> torch.Tensor:
         if x.dim() == 2:  # the same input for every member
             x = x.unsqueeze(0).expand(self.n, -1, -1)
         last = len(self.layers) - 1

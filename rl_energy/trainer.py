@@ -31,6 +31,7 @@ from rl_energy.buffers import ReplayBuffer
 from rl_energy.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from rl_energy.config import ConfigError, RunConfig
 from rl_energy.logger import Console, RunLogger
+from rl_energy.nets import resolve_matmul_precision, set_matmul_precision
 from rl_energy.registry import check_env_id, get_agent
 
 
@@ -100,7 +101,9 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
         raise ConfigError(f"environment '{cfg.env_id}' has a {type(obs_space).__name__} observation space; "
                           f"agent '{cfg.agent_name}' needs a Box one")
     unit = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
-    return spec.cls(obs_space, unit, cfg.agent, device)
+    agent = spec.cls(obs_space, unit, cfg.agent, device)
+    set_matmul_precision(agent, resolve_matmul_precision(cfg.train.matmul_precision, device))
+    return agent
 
 
 def evaluate_policy(agent: Agent, envs: gym.vector.VectorEnv, seed: int, deterministic: bool = True) -> EvalResult:
@@ -138,6 +141,7 @@ class Trainer:
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
         self.device = resolve_device(t.device)
+        t.matmul_precision = resolve_matmul_precision(t.matmul_precision, self.device)  # config.yaml says what ran
         self._seed_everything(t.seed)
 
         self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs)

@@ -4,9 +4,11 @@ The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents) or SB3's 
 ``--agent ddpg``). Both run in this process on the same env with the same hyperparameters (batch 256,
 256x256 nets, one gradient step per env step, learning starts 1000, 1M-slot replay; SAC: lr 3e-4,
 automatic entropy; DDPG: lr 1e-3, Gaussian noise 0.1), alternating ours/SB3, ``--repeats`` times.
-SPS is measured over the learning phase only (first update to last step), so construction, the
-random warm-up and evaluation are excluded for both. The median over repeats is reported; the last
-line is ``<agent>/sb3-<ref> SPS ratio: X``.
+Our matrix products run at ``train.matmul_precision`` (``auto``: bfloat16 inputs with float32
+accumulation on CPUs that multiply bfloat16 natively; pass ``--set train.matmul_precision=fp32`` for
+float32 throughout, as SB3). SPS is measured over the learning phase only (first update to last
+step), so construction, the random warm-up and evaluation are excluded for both. The median over
+repeats is reported; the last line is ``<agent>/sb3-<ref> SPS ratio: X``.
 
     python scripts/bench_sps.py --env Ant-v4 --agent sac
 """
@@ -30,7 +32,8 @@ from rl_energy.registry import get_agent  # noqa: E402
 from rl_energy.trainer import Trainer  # noqa: E402
 
 
-def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, extra: list[str]) -> float:
+def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, extra: list[str]) -> tuple[float, str]:
+    """Our SPS and the matrix-product precision it ran with (``train.matmul_precision`` resolved)."""
     overrides = [
         f"train.total_steps={learning_starts + steps}", f"train.learning_starts={learning_starts}",
         "train.batch_size=256", "train.buffer_size=1000000", "train.eval_every=0", "train.eval_episodes=1",
@@ -47,7 +50,8 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(cfg, Path(d), verbose=False)
         trainer.train()
-    return steps / (trainer.timing["loop_end"] - trainer.timing["learn_start"])
+    sps = steps / (trainer.timing["loop_end"] - trainer.timing["learn_start"])
+    return sps, trainer.cfg.train.matmul_precision
 
 
 def reference_name(agent: str) -> str:
@@ -101,9 +105,11 @@ def main() -> None:
     ref = reference_name(args.agent)
     mine, theirs = [], []
     for r in range(args.repeats):
-        mine.append(ours(args.agent, args.env, args.learning_starts, args.steps, r, args.extra))
+        sps, precision = ours(args.agent, args.env, args.learning_starts, args.steps, r, args.extra)
+        mine.append(sps)
         theirs.append(sb3(ref, args.env, args.learning_starts, args.steps, r))
-        print(f"repeat {r}: {args.agent} {mine[-1]:.1f} SPS | sb3-{ref} {theirs[-1]:.1f} SPS", flush=True)
+        print(f"repeat {r}: {args.agent} ({precision} matmuls) {mine[-1]:.1f} SPS | "
+              f"sb3-{ref} (fp32) {theirs[-1]:.1f} SPS", flush=True)
     m, t = statistics.median(mine), statistics.median(theirs)
     print(f"median: {args.agent} {m:.1f} SPS | sb3-{ref} {t:.1f} SPS")
     print(f"{args.agent}/sb3-{ref} SPS ratio: {m / t:.2f}")

@@ -32,6 +32,7 @@ def test_config_file_layer(tmp_path):
         ("agent.hidden=7", "agent.hidden"),
         ("agent.gamma=1.5", "agent.gamma"),
         ("train.total_steps=0", "train.total_steps"),
+        ("train.matmul_precision=fp16", "train.matmul_precision"),
         ("optim.lr=1", "optim"),
     ],
 )

@@ -1,0 +1,87 @@
+"""The project's optimiser: Adam (Kingma & Ba, 2015, Algorithm 1) with the fused kernel and a lean step.
+
+``torch.optim.Adam(fused=True)`` already updates every parameter in one kernel, but each ``step()``
+still regroups the tensors by device and dtype, looks up per-parameter state and wraps the call in
+profiler hooks, which costs more than the kernel itself for a 256x256 MLP on a CPU. :class:`FusedAdam`
+does that bookkeeping once, then issues the same two calls per step (``step += 1`` and
+``torch._fused_adam_``), so the update, the state and ``state_dict`` are exactly those of
+``torch.optim.Adam(fused=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+
+class FusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` with its per-step bookkeeping cached (same maths, same state)."""
+
+    def __init__(self, params: Iterable[Any], lr: float) -> None:
+        super().__init__(params, lr=lr, fused=True)
+        self._plan: list[dict[str, Any]] | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._plan = None  # the state tensors were replaced
+
+    def _build_plan(self) -> list[dict[str, Any]] | None:
+        plan = []
+        for group in self.param_groups:
+            params = list(group["params"])
+            states = [self.state.get(p) for p in params]
+            if any(not s for s in states) or group["amsgrad"] or group["maximize"] or group["differentiable"]:
+                return None
+            if len({(p.device, p.dtype) for p in params}) > 1:
+                return None
+            plan.append({
+                "group": group,
+                "params": params,
+                "exp_avgs": [s["exp_avg"] for s in states],
+                "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
+                "steps": [s["step"] for s in states],
+            })
+        return plan
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Adam step on the current gradients: the same update as ``torch.optim.Adam.step``."""
+        if closure is not None:
+            return super().step(closure)
+        if self._plan is None:
+            self._plan = self._build_plan()
+            if self._plan is None:  # first step (no state yet) or a setting the fast path does not cover
+                super().step()
+                self._plan = self._build_plan()
+                return None
+        for entry in self._plan:
+            grads = [p.grad for p in entry["params"]]
+            if any(g is None for g in grads):  # a parameter without a gradient: the general path
+                return super().step()
+        for entry in self._plan:
+            group = entry["group"]
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(entry["steps"], 1)
+            torch._fused_adam_(
+                entry["params"], [p.grad for p in entry["params"]], entry["exp_avgs"], entry["exp_avg_sqs"], [],
+                entry["steps"], amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+            )
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+def adam(params: Iterable[Any], lr: float) -> FusedAdam:
+    """The Adam every agent uses (see :class:`FusedAdam`)."""
+    return FusedAdam(params, lr)
+
+
+
