@@ -51,6 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     pl.add_argument("--out", required=True, help="output image, e.g. curves.png")
     pl.add_argument("--column", default="eval_return_mean", help="progress.csv column to plot")
+    pl.add_argument("--band", choices=["minmax", "ci95"], default="minmax",
+                    help="spread over seeds: min-max, or 95%% bootstrap CI of the mean")
     return parser
 
 
@@ -167,7 +169,7 @@ _MUJOCO_NAMES = {
 def _plot(args: argparse.Namespace) -> int:
     from rl_energy.plotting import plot_runs
 
-    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.out), column=args.column)
+    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.out), column=args.column, band=args.band)
     print(f"wrote {out}")
     return 0
 

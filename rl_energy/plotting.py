@@ -37,16 +37,29 @@ def run_label(run_dir: Path) -> str:
     return run_dir.name
 
 
-def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Interpolate each seed's curve onto the common step grid; return steps, mean, min, max."""
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate each seed's curve onto the common step grid: ``(steps, values[seed, step])``."""
     last = min(s[-1] for s, _ in curves)
     grid = np.unique(np.concatenate([s[s <= last] for s, _ in curves]))
-    ys = np.stack([np.interp(grid, s, v) for s, v in curves])
-    return grid, ys.mean(0), ys.min(0), ys.max(0)
+    return grid, np.stack([np.interp(grid, s, v) for s, v in curves])
 
 
-def plot_runs(run_dirs: list[Path], out: Path, column: str = "eval_return_mean") -> Path:
-    """Plot ``column`` against step for each group of runs (same agent and env = seeds of one curve)."""
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Percentile bootstrap confidence interval of the mean over axis 0 (seeds): ``[2, ...]`` (low, high)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(resamples, len(values)))
+    means = values[idx].mean(1)
+    return np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0)
+
+
+BANDS = {"minmax": "min to max over seeds", "ci95": "95% bootstrap CI of the mean"}
+
+
+def plot_runs(run_dirs: list[Path], out: Path, column: str = "eval_return_mean", band: str = "minmax") -> Path:
+    """Plot ``column`` against step for each group of runs (same agent and env = seeds of one curve):
+    the mean over seeds and a ``band`` (see :data:`BANDS`)."""
+    if band not in BANDS:
+        raise ConfigError(f"unknown band {band!r}; choose from {', '.join(BANDS)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,15 +76,16 @@ def plot_runs(run_dirs: list[Path], out: Path, column: str = "eval_return_mean")
         raise ConfigError(f"no '{column}' values in the given runs")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, curves in sorted(groups.items()):
-        grid, mean, lo, hi = aggregate(curves)
-        line = ax.plot(grid, mean, label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")[0]
+        grid, ys = aggregate(curves)
+        line = ax.plot(grid, ys.mean(0), label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")[0]
         if len(curves) > 1:
+            lo, hi = (ys.min(0), ys.max(0)) if band == "minmax" else bootstrap_ci(ys)
             ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps")
     ax.set_ylabel(column.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("mean over seeds (band: min to max)" if any(len(c) > 1 for c in groups.values()) else "")
+    ax.set_title(f"mean over seeds (band: {BANDS[band]})" if any(len(c) > 1 for c in groups.values()) else "")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -79,4 +93,4 @@ def plot_runs(run_dirs: list[Path], out: Path, column: str = "eval_return_mean")
     return out
 
 
-__all__ = ["aggregate", "plot_runs", "read_curve"]
+__all__ = ["BANDS", "aggregate", "bootstrap_ci", "plot_runs", "read_curve"]

@@ -5,9 +5,8 @@ import math
 import gymnasium as gym
 import pytest
 import torch
-from tensordict import TensorDict
-
 from rl_energy.agents.ebflow import EBFlow, EBFlowConfig
+from tensordict import TensorDict
 
 
 def make_agent(obs_dim=5, action_dim=3, **overrides) -> EBFlow:
@@ -39,7 +38,7 @@ def test_log_prob_matches_change_of_variables_with_the_autograd_jacobian():
         obs = torch.randn(1, 3, dtype=torch.float64)
         eps = torch.randn(1, 4, dtype=torch.float64)
         action = flow.push(eps, obs)
-        jac = torch.autograd.functional.jacobian(lambda e: flow.push(e.unsqueeze(0), obs)[0], eps[0])
+        jac = torch.autograd.functional.jacobian(lambda e, o=obs: flow.push(e.unsqueeze(0), o)[0], eps[0])
         brute = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum() - torch.linalg.slogdet(jac)[1]
         torch.testing.assert_close(flow.log_prob(action, obs).log_prob[0], brute, rtol=0, atol=1e-5)
         _, sampled_log_prob = flow.sample(obs, with_log_prob=True)  # the sampling path's own log π
