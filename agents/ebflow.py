@@ -168,8 +168,7 @@ class EBFlow(Agent):
         assert_finite("loss", loss)
         opt["model"].zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self._params, c.grad_clip or math.inf, foreach=True)
-        opt["model"].step()
+        grad_norm = opt["model"].clip_step(c.grad_clip or math.inf)  # clip to c.grad_clip, one Adam step
 
         metrics = {
             "loss": loss.detach(),

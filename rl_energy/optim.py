@@ -50,26 +50,43 @@ class FusedAdam(torch.optim.Adam):
         """One Adam step on the current gradients: the same update as ``torch.optim.Adam.step``."""
         if closure is not None:
             return super().step(closure)
-        if self._plan is None:
-            self._plan = self._build_plan()
-            if self._plan is None:  # first step (no state yet) or a setting the fast path does not cover
+        self._step(None)
+        return None
+
+    @torch.no_grad()
+    def clip_step(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm to ``max_norm`` (as ``clip_grad_norm_``) and take the step.
+
+        The clip factor goes into the fused kernel as its ``grad_scale`` (the kernel divides each
+        gradient by it), so no extra pass rewrites the gradients; ``p.grad`` keeps the unclipped
+        values. Returns the total gradient norm before clipping.
+        """
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+        self._step((norm / max_norm).clamp(min=1.0))  # 1 / min(1, max_norm / norm)
+        return norm
+
+    def _step(self, grad_scale: torch.Tensor | None) -> None:
+        plan = self._plan or self._build_plan()
+        if plan is None or any(p.grad is None for entry in plan for p in entry["params"]):
+            # the first step (no state yet), a parameter without gradient, or an unusual setting
+            self.grad_scale = grad_scale  # read by torch.optim.Adam.step
+            try:
                 super().step()
-                self._plan = self._build_plan()
-                return None
-        for entry in self._plan:
-            grads = [p.grad for p in entry["params"]]
-            if any(g is None for g in grads):  # a parameter without a gradient: the general path
-                return super().step()
-        for entry in self._plan:
+            finally:
+                del self.grad_scale
+            self._plan = None
+            return
+        self._plan = plan
+        for entry in plan:
             group = entry["group"]
             beta1, beta2 = group["betas"]
             torch._foreach_add_(entry["steps"], 1)
             torch._fused_adam_(
                 entry["params"], [p.grad for p in entry["params"]], entry["exp_avgs"], entry["exp_avg_sqs"], [],
                 entry["steps"], amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False, grad_scale=grad_scale,
             )
-        return None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:

@@ -116,3 +116,32 @@ def test_odd_and_tiny_action_dims(dim):
     assert action.shape == (10, dim) and action.abs().max() <= 1
     torch.testing.assert_close(agent.flow.log_prob(action, obs).log_prob, log_prob, rtol=0, atol=1e-6)
     assert math.isfinite(float(log_prob.detach().sum()))
+
+
+MEMORY_PROBE = """
+import resource, torch, gymnasium as gym
+from tensordict import TensorDict
+from rl_energy.buffers import ReplayBuffer
+from rl_energy.agents.ebflow import EBFlow, EBFlowConfig
+from rl_energy.config import resolve_config
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg = resolve_config("ebflow", "Ant-v4", EBFlowConfig).agent
+buf = ReplayBuffer(1_000_000, 1, (27,), 8)
+for t in buf.storage.values():
+    t.fill_(1)  # touch every page: the full 1M-step buffer is resident
+agent = EBFlow(gym.spaces.Box(-1, 1, (27,)), gym.spaces.Box(-1, 1, (8,)), cfg)
+batch = TensorDict(obs=torch.randn(256, 27), action=torch.rand(256, 8) * 2 - 1, reward=torch.randn(256),
+                   next_obs=torch.randn(256, 27), terminated=torch.zeros(256, dtype=torch.bool), batch_size=[256])
+for _ in range(20):
+    agent.update(batch)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_ant_million_step_buffer_plus_agent_peak_memory_under_1_gb():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    assert 0.1e9 < peak < 1e9, peak

@@ -75,3 +75,20 @@ def test_fused_adam_equals_torch_adam_and_survives_a_state_round_trip():
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     assert ours.state_dict()["state"][0]["step"].item() == 6
+
+
+def test_clip_step_equals_clip_grad_norm_then_adam():
+    torch.manual_seed(0)
+    a = mlp(6, [32], 3)
+    b = copy.deepcopy(a)
+    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2)
+    x = torch.randn(50, 6)
+    for max_norm in [0.05, 0.05, 1e9, 0.05]:  # clipped, clipped, not clipped, clipped
+        for net, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            (100 * net(x)).square().mean().backward()
+        norm = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm)
+        ref.step()
+        torch.testing.assert_close(ours.clip_step(max_norm), norm)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
