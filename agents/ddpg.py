@@ -68,7 +68,7 @@ class DDPG(Agent):
             "critic": adam(self.critic.parameters(), c.critic_lr),
         }
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         action = self.actor(obs)
         if deterministic or self.config.exploration_noise == 0:

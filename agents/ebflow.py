@@ -123,6 +123,13 @@ class EBFlow(Agent):
         for m in self._dropouts:
             m.training = on
 
+    def train(self, mode: bool = True) -> EBFlow:
+        """Dropout is driven by :meth:`update` alone (on in the current-Q pass only, MEow §5), so acting
+        is dropout-free whatever mode the trainer sets."""
+        super().train(mode)
+        self._set_dropout(False)
+        return self
+
     # ---------------------------------------------------------------------------------- Q and V
     def heads(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[FlowDensity, torch.Tensor]:
         """One density pass of the flow and both reward shifts ``b_k(s)`` (``[2, B]``), batch not duplicated."""
@@ -148,7 +155,7 @@ class EBFlow(Agent):
         return reward + self.config.gamma * (1.0 - terminated.float()) * v_next
 
     # ---------------------------------------------------------------------------------- acting
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return self.flow.sample(obs, deterministic=deterministic)[0]
 

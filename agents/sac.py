@@ -113,7 +113,7 @@ class SAC(Agent):
             "critic": adam(self.critic.parameters(), c.critic_lr),
         }
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         if deterministic:
             return torch.tanh(self.actor(obs)[0])

@@ -3,8 +3,8 @@
 ``torch.optim.Adam(fused=True)`` already updates every parameter in one kernel, but each ``step()``
 still regroups the tensors by device and dtype, looks up per-parameter state and wraps the call in
 profiler hooks, which costs more than the kernel itself for a 256x256 MLP on a CPU. :class:`FusedAdam`
-does that bookkeeping once, then issues the same two calls per step (``step += 1`` and
-``torch._fused_adam_``), so the update, the state and ``state_dict`` are exactly those of
+does that bookkeeping once, then issues two calls per step (``step += 1`` on the group's shared step
+counter and ``torch._fused_adam_``), so the update, the state and ``state_dict`` are exactly those of
 ``torch.optim.Adam(fused=True)``.
 """
 
@@ -28,22 +28,37 @@ class FusedAdam(torch.optim.Adam):
         self._plan = None  # the state tensors were replaced
 
     def _build_plan(self) -> list[dict[str, Any]] | None:
+        """The per-group tensor lists of the fast path, or ``None`` where it does not apply."""
+        for group in self.param_groups:
+            states = [self.state.get(p) for p in group["params"]]
+            if any(not s for s in states) or group["amsgrad"] or group["maximize"] or group["differentiable"]:
+                return None
+            if len({(p.device, p.dtype) for p in group["params"]}) > 1 or len({float(s["step"]) for s in states}) > 1:
+                return None
         plan = []
         for group in self.param_groups:
             params = list(group["params"])
-            states = [self.state.get(p) for p in params]
-            if any(not s for s in states) or group["amsgrad"] or group["maximize"] or group["differentiable"]:
-                return None
-            if len({(p.device, p.dtype) for p in params}) > 1:
-                return None
+            states = [self.state[p] for p in params]
+            # The parameters of a group are always stepped together, so they share one step counter:
+            # one increment per step instead of one per parameter (the values in state_dict are unchanged).
+            step = states[0]["step"]
+            for s in states:
+                s["step"] = step
             plan.append({
                 "group": group,
                 "params": params,
                 "exp_avgs": [s["exp_avg"] for s in states],
                 "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
-                "steps": [s["step"] for s in states],
+                "step": step,
+                "steps": [step] * len(params),
             })
         return plan
+
+    def _unshare_steps(self) -> None:
+        """Give every parameter its own step counter again (``torch.optim.Adam.step`` increments each)."""
+        for state in self.state.values():
+            if "step" in state:
+                state["step"] = state["step"].clone()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -70,6 +85,7 @@ class FusedAdam(torch.optim.Adam):
         plan = self._plan or self._build_plan()
         if plan is None or any(p.grad is None for entry in plan for p in entry["params"]):
             # the first step (no state yet), a parameter without gradient, or an unusual setting
+            self._unshare_steps()
             self.grad_scale = grad_scale  # read by torch.optim.Adam.step
             try:
                 super().step()
@@ -81,7 +97,7 @@ class FusedAdam(torch.optim.Adam):
         for entry in plan:
             group = entry["group"]
             beta1, beta2 = group["betas"]
-            torch._foreach_add_(entry["steps"], 1)
+            entry["step"].add_(1)
             torch._fused_adam_(
                 entry["params"], [p.grad for p in entry["params"]], entry["exp_avgs"], entry["exp_avg_sqs"], [],
                 entry["steps"], amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,

@@ -69,8 +69,11 @@ def quick_config(agent: str = "sac", env_id: str = "rl_energy_test/Probe-v0", **
         "train.eval_episodes": 2,
         "train.log_every": 50,
         "train.checkpoint_every": 0,
-        "agent.hidden": "[32, 32]",
     }
+    if agent == "ebflow":
+        overrides.update({"agent.flow_hidden": "[16, 16]", "agent.shift_hidden": "[32, 32]"})
+    else:
+        overrides["agent.hidden"] = "[32, 32]"
     overrides.update({f"train.{k}": v for k, v in train.items()})
     spec = get_agent(agent)
     return resolve_config(agent, env_id, spec.config_cls, None, [f"{k}={v}" for k, v in overrides.items()])

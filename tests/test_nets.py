@@ -92,3 +92,33 @@ def test_clip_step_equals_clip_grad_norm_then_adam():
         torch.testing.assert_close(ours.clip_step(max_norm), norm)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_shared_step_counter_survives_a_parameter_without_gradient():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2)
+    x = torch.randn(8, 3)
+    for i in range(5):
+        for net, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            out = net(x) if i != 3 else x @ net.weight.T  # step 3: the bias gets no gradient
+            out.square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    ref_steps = [float(s["step"]) for s in ref.state_dict()["state"].values()]
+    assert [float(s["step"]) for s in ours.state_dict()["state"].values()] == ref_steps == [5.0, 4.0]
+
+
+def test_dropout_keeps_the_expected_fraction_and_scales():
+    from rl_energy.nets import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1)
+    y = drop(torch.ones(1000, 1000))
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.002
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    assert torch.equal(drop.eval()(torch.ones(3, 3)), torch.ones(3, 3))

@@ -100,8 +100,9 @@ def test_nan_loss_stops_before_the_bad_update_reaches_the_parameters(tmp_path, m
     assert state["step"] > 50
 
 
-def test_save_load_round_trip_gives_identical_actions(tmp_path):
-    cfg = quick_config(total_steps=150)
+@pytest.mark.parametrize("agent", ["sac", "ebflow"])
+def test_save_load_round_trip_gives_identical_actions(tmp_path, agent):
+    cfg = quick_config(agent, total_steps=150)
     trainer = Trainer(cfg, tmp_path / "run", verbose=False)
     trainer.train()
     obs = torch.randn(64, 2)
