@@ -152,3 +152,11 @@ def test_ant_million_step_buffer_plus_agent_peak_memory_under_1_gb():
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True)
     peak, buffer_bytes = map(int, out.stdout.split()[-2:])
     assert buffer_bytes <= peak < 1e9, (peak, buffer_bytes)  # the peak includes the whole buffer
+
+
+def test_layers_declare_the_energy_and_normaliser_split():
+    flow = make_agent().flow
+    layers = flow.layers()
+    assert [type(m).__name__ for m in layers] == ["StateScale"] + ["AdditiveCoupling"] * 4 + ["TanhSquash"]
+    assert [m.linear for m in layers] == [True] + [False] * 5  # only the scale carries V(s)
+    assert [m.volume_preserving for m in layers] == [False] + [True] * 4 + [False]
