@@ -115,6 +115,3 @@ class FusedAdam(torch.optim.Adam):
 def adam(params: Iterable[Any], lr: float) -> FusedAdam:
     """The Adam every agent uses (see :class:`FusedAdam`)."""
     return FusedAdam(params, lr)
-
-
-

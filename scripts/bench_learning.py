@@ -43,8 +43,8 @@ def run_one(
         cmd += ["--resume", str(run_dir)]
     else:
         cmd += ["--run-dir", str(run_dir)]
-    log = (run_dir.parent / f"{run_dir.name}.log").open("a")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with (run_dir.parent / f"{run_dir.name}.log").open("a") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finished(run_dir: Path, steps: int) -> bool:
