@@ -35,7 +35,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from rl_energy.agent import Agent, assert_finite
+from rl_energy.agent import Agent, CompiledFn, assert_finite
 from rl_energy.config import require
 from rl_energy.flows import ConditionalFlow, FlowDensity
 from rl_energy.nets import EnsembleMLP, polyak_update
@@ -115,9 +115,17 @@ class EBFlow(Agent):
         self._dropouts = [m for m in self.flow.modules() if isinstance(m, nn.Dropout)]
         self._set_dropout(False)
         self._params = list(self.flow.parameters()) + list(self.shift.parameters())
-        self.optimizers = {"model": adam(self._params, c.lr)}
+        self.optimizers = {"model": adam(self._params, c.lr, flat=True)}  # every parameter trains every step
         if c.autotune:
             self.optimizers["alpha"] = adam([self.log_alpha], c.lr)
+        self._loss = self.loss
+        self._push = self.flow.push
+
+    def compile_update(self) -> None:
+        """Compile :meth:`loss` (target, density pass, shift heads and their backward) and the sampling
+        map used by :meth:`act` with Inductor."""
+        self._loss = CompiledFn(self.loss, "the EBFlow loss")
+        self._push = CompiledFn(self.flow.push, "the EBFlow sampling map")
 
     def _set_dropout(self, on: bool) -> None:
         for m in self._dropouts:
@@ -157,35 +165,54 @@ class EBFlow(Agent):
     # ---------------------------------------------------------------------------------- acting
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        return self.flow.sample(obs, deterministic=deterministic)[0]
+        """``a = flow(ε; s)`` with ``ε ~ N(0, I)``, or ``ε = 0`` when ``deterministic`` (MEow §6)."""
+        shape = (obs.shape[0], self.action_dim)
+        eps = torch.zeros(shape, device=obs.device) if deterministic else torch.randn(shape, device=obs.device)
+        return self._push(eps, obs)
 
     # ---------------------------------------------------------------------------------- learning
+    def loss(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        alpha: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Algorithm 1, lines 1–2: the SCDQ target and ``E[½(Q_1 - y)² + ½(Q_2 - y)²]``.
+
+        Returns the loss and its diagnostics (detached means of Q, V, ``|b_1 - b_2|`` and log σ). The
+        flow's dropout is whatever :meth:`update` set (the target pass has none).
+        """
+        y = self.soft_target(reward, next_obs, terminated, alpha)
+        density, shift = self.heads(obs, action)
+        q = alpha * (density.energy_term + shift)
+        loss = (q - y).pow(2).mean()  # mean over [2, B] = E[½(Q_1 - y)² + ½(Q_2 - y)²]
+        with torch.no_grad():
+            stats = {
+                "q_mean": q.mean(),
+                "v_mean": (alpha * (density.normaliser + shift)).mean(),
+                "shift_gap": (shift[0] - shift[1]).abs().mean(),
+                "log_std_mean": (density.normaliser.mean() - self.flow.log_norm_const) / self.action_dim,
+            }
+        return loss, stats
+
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
         self.num_updates += 1
         alpha = self.log_alpha.detach().exp()
         obs = batch["obs"]
-        y = self.soft_target(batch["reward"], batch["next_obs"], batch["terminated"], alpha)
-
         self._set_dropout(c.dropout > 0)  # dropout in the current-Q pass only (MEow §5)
-        density, shift = self.heads(obs, batch["action"])
-        self._set_dropout(False)
-        q = alpha * (density.energy_term + shift)
-        loss = (q - y).pow(2).mean()  # mean over [2, B] = E[½(Q_1 - y)² + ½(Q_2 - y)²]
+        try:
+            loss, stats = self._loss(obs, batch["action"], batch["reward"], batch["next_obs"], batch["terminated"], alpha)
+        finally:
+            self._set_dropout(False)
         assert_finite("loss", loss)
         opt["model"].zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = opt["model"].clip_step(c.grad_clip or math.inf)  # clip to c.grad_clip, one Adam step
-
-        metrics = {
-            "loss": loss.detach(),
-            "q_mean": q.detach().mean(),
-            "v_mean": (alpha * (density.normaliser.detach() + shift.detach())).mean(),
-            "shift_gap": (shift[0] - shift[1]).detach().abs().mean(),
-            "log_std_mean": (density.normaliser.detach().mean() - self.flow.log_norm_const) / self.action_dim,
-            "alpha": alpha,
-            "grad_norm": grad_norm.detach(),
-        }
+        metrics = {"loss": loss.detach(), **stats, "alpha": alpha, "grad_norm": grad_norm}
         if c.autotune:  # SAC's temperature loss on fresh samples of the current policy
             with torch.no_grad():
                 _, log_prob = self.flow.sample(obs, with_log_prob=True)

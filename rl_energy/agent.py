@@ -8,6 +8,8 @@ rescales them to the environment's bounds.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -33,6 +35,36 @@ def assert_finite(quantity: str, value: torch.Tensor) -> None:
     """
     if not bool(torch.isfinite(value).all()):
         raise NonFiniteError(quantity)
+
+
+class CompiledFn:
+    """``fn`` through ``torch.compile`` (static shapes), falling back to plain ``fn`` if compiling fails.
+
+    Compilation happens at the first call. If it raises (no C++ compiler for Inductor, an unsupported
+    op), the failure is reported once as a warning and every later call runs ``fn`` eagerly, so a run
+    never dies for want of a compiler. Errors after the first successful call are re-raised.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
+        self._warm = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.fn(*args)
+        if self._warm:
+            return self.compiled(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, keep training
+            warnings.warn(f"torch.compile of {self.name} failed, running it uncompiled: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", stacklevel=2)
+            self.compiled = None
+            return self.fn(*args)
+        self._warm = True
+        return out
 
 
 class Agent(nn.Module):
@@ -72,6 +104,9 @@ class Agent(nn.Module):
         floats only when it logs, so an update costs no host synchronisation.
         """
         raise NotImplementedError
+
+    def compile_update(self) -> None:
+        """Compile the hot part of :meth:`update` (``train.compile``); agents without one ignore it."""
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Parameters, buffers and optimiser states (everything ``torch.save`` needs to resume)."""

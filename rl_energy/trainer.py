@@ -103,6 +103,8 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
     unit = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
     agent = spec.cls(obs_space, unit, cfg.agent, device)
     set_matmul_precision(agent, resolve_matmul_precision(cfg.train.matmul_precision, device))
+    if cfg.train.compile:
+        agent.compile_update()
     return agent
 
 
@@ -167,7 +169,8 @@ class Trainer:
         self._recent_lengths: list[int] = []
         self._signal: int | None = None
         self.timing: dict[str, float] = {}
-        """perf_counter stamps: ``learn_start`` (first update) and ``loop_end`` (before the final eval)."""
+        """perf_counter stamps: ``learn_start`` (before the first update), ``first_update_end`` (after it;
+        it includes any ``torch.compile``) and ``loop_end`` (before the final eval)."""
 
         self.obs: np.ndarray | None = None
         resume_step = None
@@ -307,13 +310,18 @@ class Trainer:
 
                 learn = self.step - max(prev_step, t.learning_starts)  # transitions past learning_starts
                 if learn > 0:
-                    if "learn_start" not in self.timing:
+                    first = "learn_start" not in self.timing
+                    if first:
                         self.timing["learn_start"] = time.perf_counter()
+                        if t.compile and self.verbose:
+                            print("compiling the update (one-off, torch.compile)...", flush=True)
                     self.update_debt += t.utd * learn
                     while self.update_debt >= 1.0:
                         self.last_metrics = agent.update(buffer.sample(t.batch_size))
                         self.updates += 1
                         self.update_debt -= 1.0
+                    if first:
+                        self.timing["first_update_end"] = time.perf_counter()
             except NonFiniteError as exc:
                 self.wall_time = time.perf_counter() - start_time
                 self.save()

@@ -69,6 +69,7 @@ def quick_config(agent: str = "sac", env_id: str = "rl_energy_test/Probe-v0", **
         "train.eval_episodes": 2,
         "train.log_every": 50,
         "train.checkpoint_every": 0,
+        "train.compile": "false",  # the compiled path has its own tests and runs in test_learning
     }
     if agent == "ebflow":
         overrides.update({"agent.flow_hidden": "[16, 16]", "agent.shift_hidden": "[32, 32]"})

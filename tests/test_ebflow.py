@@ -108,6 +108,53 @@ def test_update_regresses_both_heads_and_moves_only_the_targets_by_polyak():
     assert all(p.requires_grad and not t.requires_grad for p, t in zip(online, target, strict=True))
 
 
+def test_compiled_loss_gradients_and_actions_match_eager():
+    from rl_energy.agent import CompiledFn
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)  # float64 throughout (optimiser buffers too): agreement to rounding
+    try:
+        agent = make_agent(dropout=0.0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    args = (torch.randn(64, 5, dtype=torch.float64), torch.rand(64, 3, dtype=torch.float64) * 2 - 1,
+            torch.randn(64, dtype=torch.float64), torch.randn(64, 5, dtype=torch.float64), torch.rand(64) < 0.2,
+            torch.tensor(0.3, dtype=torch.float64))
+    params = agent._params
+    loss, stats = agent.loss(*args)
+    grads = torch.autograd.grad(loss, params)
+    compiled = CompiledFn(agent.loss, "test loss")
+    c_loss, c_stats = compiled(*args)
+    assert compiled.compiled is not None, "Inductor could not compile the loss (no C++ compiler?)"
+    torch.testing.assert_close(c_loss, loss, rtol=1e-10, atol=1e-10)
+    for key in stats:
+        torch.testing.assert_close(c_stats[key], stats[key], rtol=1e-10, atol=1e-10)
+    for g, c in zip(grads, torch.autograd.grad(c_loss, params), strict=True):
+        torch.testing.assert_close(c, g, rtol=1e-8, atol=1e-10)
+    obs = torch.randn(1, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    eager_actions = [agent.act(obs), agent.act(obs, deterministic=True)]
+    agent.compile_update()
+    torch.manual_seed(3)
+    for eager, compiled_action in zip(eager_actions, [agent.act(obs), agent.act(obs, deterministic=True)], strict=True):
+        torch.testing.assert_close(compiled_action, eager, rtol=1e-10, atol=1e-10)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    from rl_energy import agent as agent_module
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(agent_module.torch, "compile", broken_compile)
+    fn = agent_module.CompiledFn(lambda x: x + 1, "probe")
+    with pytest.warns(UserWarning, match="probe failed, running it uncompiled: RuntimeError: no C"):
+        assert fn(1) == 2
+    assert fn.compiled is None and fn(2) == 3  # no second attempt, no second warning
+
+
 @pytest.mark.parametrize("dim", [1, 2, 17])
 def test_odd_and_tiny_action_dims(dim):
     agent = make_agent(obs_dim=4, action_dim=dim)
@@ -137,6 +184,7 @@ buf = ReplayBuffer(1_000_000, 1, (27,), 8)
 for t in buf.storage.values():
     t.fill_(1)  # touch every page: the full 1M-step buffer is resident
 agent = EBFlow(gym.spaces.Box(-1, 1, (27,)), gym.spaces.Box(-1, 1, (8,)), cfg)
+agent.compile_update()  # as the default config does (Inductor's compiler runs in worker processes)
 batch = TensorDict(obs=torch.randn(256, 27), action=torch.rand(256, 8) * 2 - 1, reward=torch.randn(256),
                    next_obs=torch.randn(256, 27), terminated=torch.zeros(256, dtype=torch.bool), batch_size=[256])
 for _ in range(20):

@@ -122,3 +122,72 @@ def test_dropout_keeps_the_expected_fraction_and_scales():
     assert abs(kept - 0.9) < 0.002
     assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
     assert torch.equal(drop.eval()(torch.ones(3, 3)), torch.ones(3, 3))
+
+
+def test_flat_fused_adam_equals_torch_adam_and_survives_a_state_round_trip():
+    torch.manual_seed(0)
+    a = EnsembleMLP(2, 9, [32, 32], 1)
+    b = copy.deepcopy(a)
+    ref = torch.optim.Adam([{"params": list(a.parameters())[:2], "lr": 3e-3}, {"params": list(a.parameters())[2:]}],
+                           lr=1e-3, fused=True)
+
+    def make():
+        return FusedAdam([{"params": list(b.parameters())[:2], "lr": 3e-3}, {"params": list(b.parameters())[2:]}],
+                         1e-3, flat=True)
+
+    ours = make()
+    x = torch.randn(64, 9)
+    for i in range(6):
+        for net, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        if i == 2:  # a resume: fresh optimiser, loaded state
+            state = ours.state_dict()
+            ours = make()
+            ours.load_state_dict(state)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # the parameters, gradients and moments are views of one buffer per group
+    entry = ours._plan[1]
+    assert all(p.untyped_storage().data_ptr() == entry["flat"]["param"].untyped_storage().data_ptr()
+               for p in list(b.parameters())[2:])
+    assert ours.state_dict()["state"][0]["step"].item() == 6
+
+
+def test_flat_fused_adam_clips_like_clip_grad_norm_and_reattaches_replaced_tensors():
+    torch.manual_seed(0)
+    a = mlp(6, [32], 3)
+    b = copy.deepcopy(a)
+    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2, flat=True)
+    x = torch.randn(50, 6)
+    for i, max_norm in enumerate([0.05, 0.05, 1e9, 0.05, 0.05]):
+        if i == 3:  # outside code drops the gradients and moves the module (new parameter tensors)
+            for p in b.parameters():
+                p.grad = None
+            b.double().float()
+        for net, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            (100 * net(x)).square().mean().backward()
+        norm = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm)
+        ref.step()
+        torch.testing.assert_close(ours.clip_step(max_norm), norm)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert q.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_fused_adam_steps_a_parameter_without_gradient_with_a_zero_gradient():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = FusedAdam(net.parameters(), 1e-2, flat=True)
+    x = torch.randn(8, 3)
+    for i in range(3):
+        opt.zero_grad()
+        out = net(x) if i == 0 else x @ net.weight.T  # the bias only gets a gradient at step 0
+        out.square().mean().backward()
+        bias_before = net.bias.detach().clone()
+        opt.step()
+    assert torch.equal(net.bias.grad, torch.zeros(2))
+    assert not torch.equal(net.bias, bias_before)  # the first step's momentum keeps moving it
+    assert all(float(s["step"]) == 3.0 for s in opt.state_dict()["state"].values())
