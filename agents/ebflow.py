@@ -205,7 +205,9 @@ class EBFlow(Agent):
         obs = batch["obs"]
         self._set_dropout(c.dropout > 0)  # dropout in the current-Q pass only (MEow §5)
         try:
-            loss, stats = self._loss(obs, batch["action"], batch["reward"], batch["next_obs"], batch["terminated"], alpha)
+            loss, stats = self._loss(
+                obs, batch["action"], batch["reward"], batch["next_obs"], batch["terminated"], alpha
+            )
         finally:
             self._set_dropout(False)
         assert_finite("loss", loss)
