@@ -114,29 +114,30 @@ class ReplayBuffer:
             raise RuntimeError("cannot sample from a replay buffer with no complete transition")
         start = (self.row * self.num_envs) if self.full else 0  # oldest slot
         s = self.storage
-        idx = (start + torch.randint(n, (batch_size,), generator=self.generator, device=self.device)) % self.capacity
-        bad = ~s["valid"][idx]
+        idx = torch.randint(n, (batch_size,), generator=self.generator, device=self.device)
+        if start:
+            idx = (idx + start) % self.capacity
+        valid = s["valid"].index_select(0, idx)
         tries = 0
-        while bool(bad.any()):  # autoreset slots: about one per episode, so this loop is rare and short
+        while not bool(valid.all()):  # autoreset slots: about one per episode, so this loop is rare and short
             tries += 1
             if tries > 100:
                 raise RuntimeError("replay buffer holds no valid transition to sample")
-            k = int(bad.sum())
-            redraw = torch.randint(n, (k,), generator=self.generator, device=self.device)
+            bad = ~valid
+            redraw = torch.randint(n, (int(bad.sum()),), generator=self.generator, device=self.device)
             idx[bad] = (start + redraw) % self.capacity
-            bad = ~s["valid"][idx]
+            valid = s["valid"].index_select(0, idx)
         next_idx = (idx + self.num_envs) % self.capacity
         obs = s["obs"]
         return TensorDict(
             {
-                "obs": obs[idx],
-                "action": s["action"][idx],
-                "reward": s["reward"][idx],
-                "next_obs": obs[next_idx],
-                "terminated": s["terminated"][idx],
+                "obs": obs.index_select(0, idx),
+                "action": s["action"].index_select(0, idx),
+                "reward": s["reward"].index_select(0, idx),
+                "next_obs": obs.index_select(0, next_idx),
+                "terminated": s["terminated"].index_select(0, idx),
             },
             batch_size=[batch_size],
-            device=self.device,
         )
 
     @property
