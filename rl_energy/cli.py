@@ -93,7 +93,9 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
     if not args.quiet:
-        print(f"run directory: {run_dir} (device {trainer.device}, {cfg.train.matmul_precision} matmuls)", flush=True)
+        compiled = ", torch.compile" if cfg.train.compile else ""
+        print(f"run directory: {run_dir} (device {trainer.device}, {cfg.train.matmul_precision} matmuls{compiled})",
+              flush=True)
     try:
         result = trainer.train()
     except TrainingInterrupted as exc:

@@ -23,6 +23,7 @@ of the masked formulation, with half-width coupling inputs/outputs instead of ze
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -87,7 +88,9 @@ class AdditiveCoupling(nn.Module):
         super().__init__()
         self.condition_first = condition_first
         n_cond, n_shift = (n_first, n_second) if condition_first else (n_second, n_first)
-        self.net = mlp(n_cond + obs_dim, hidden, n_shift, activation=Swish, layer_norm=True, dropout=dropout)
+        with warnings.catch_warnings():  # a 1-D action leaves one half empty: a zero-width output layer
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.net = mlp(n_cond + obs_dim, hidden, n_shift, activation=Swish, layer_norm=True, dropout=dropout)
         for m in self.net:
             if isinstance(m, nn.Linear):
                 nn.init.orthogonal_(m.weight)
