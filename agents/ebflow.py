@@ -224,6 +224,5 @@ class EBFlow(Agent):
             alpha_loss.backward()
             opt["alpha"].step()
 
-        polyak_update(self.scale_target, self.flow.scale, c.tau)
-        polyak_update(self.shift_target, self.shift, c.tau)
+        polyak_update((self.scale_target, self.shift_target), (self.flow.scale, self.shift), c.tau)
         return metrics

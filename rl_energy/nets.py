@@ -191,8 +191,13 @@ class EnsembleMLP(nn.Module):
 
 
 @torch.no_grad()
-def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """``θ_target <- (1 - τ) θ_target + τ θ`` for all parameters, in one fused foreach call."""
-    t_params = list(target.parameters())
-    s_params = list(source.parameters())
+def polyak_update(
+    target: nn.Module | Sequence[nn.Module], source: nn.Module | Sequence[nn.Module], tau: float
+) -> None:
+    """``θ_target <- (1 - τ) θ_target + τ θ`` for all parameters of one module or of several paired
+    modules, in one fused foreach call."""
+    targets = [target] if isinstance(target, nn.Module) else target
+    sources = [source] if isinstance(source, nn.Module) else source
+    t_params = [p for m in targets for p in m.parameters()]
+    s_params = [p for m in sources for p in m.parameters()]
     torch._foreach_lerp_(t_params, s_params, tau)
