@@ -35,14 +35,14 @@ from rl_energy.plotting import aggregate, bootstrap_ci, plot_runs, read_curve
 def run_one(
     agent: str, env: str, seed: int, steps: int, run_dir: Path, threads: int, extra: list[str]
 ) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "rl_energy.cli", "train", "--agent", agent, "--env", env,
-           "--total-steps", str(steps), "--seed", str(seed), "--quiet", "--set", f"train.torch_threads={threads}"]
-    for item in extra:
-        cmd += ["--set", item]
-    if (run_dir / "checkpoints").exists():
+    cmd = [sys.executable, "-m", "rl_energy.cli", "train", "--total-steps", str(steps), "--quiet"]
+    if (run_dir / "checkpoints").exists():  # resume as configured (config.yaml holds seed, threads, overrides)
         cmd += ["--resume", str(run_dir)]
     else:
-        cmd += ["--run-dir", str(run_dir)]
+        cmd += ["--agent", agent, "--env", env, "--seed", str(seed), "--run-dir", str(run_dir),
+                "--set", f"train.torch_threads={threads}"]
+        for item in extra:
+            cmd += ["--set", item]
     with (run_dir.parent / f"{run_dir.name}.log").open("a") as log:  # the child keeps its own handle
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
