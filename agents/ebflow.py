@@ -120,6 +120,10 @@ class EBFlow(Agent):
             self.optimizers["alpha"] = adam([self.log_alpha], c.lr)
         self._loss = self.loss
         self._push = self.flow.push
+        self._polyak_pairs = (  # (target, online) parameter lists; the Parameter objects never change
+            [*self.scale_target.parameters(), *self.shift_target.parameters()],
+            [*self.flow.scale.parameters(), *self.shift.parameters()],
+        )
 
     def compile_update(self) -> None:
         """Compile :meth:`loss` (target, density pass, shift heads and their backward) and the sampling
@@ -224,5 +228,5 @@ class EBFlow(Agent):
             alpha_loss.backward()
             opt["alpha"].step()
 
-        polyak_update((self.scale_target, self.shift_target), (self.flow.scale, self.shift), c.tau)
+        polyak_update(*self._polyak_pairs, c.tau)  # V̄ and b̄ only (Algorithm 1)
         return metrics

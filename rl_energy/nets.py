@@ -190,14 +190,19 @@ class EnsembleMLP(nn.Module):
         return x
 
 
+def _params_of(x: nn.Module | Sequence[nn.Module | torch.Tensor]) -> list[torch.Tensor]:
+    items = [x] if isinstance(x, nn.Module) else x
+    return [p for m in items for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
+
+
 @torch.no_grad()
 def polyak_update(
-    target: nn.Module | Sequence[nn.Module], source: nn.Module | Sequence[nn.Module], tau: float
+    target: nn.Module | Sequence[nn.Module | torch.Tensor],
+    source: nn.Module | Sequence[nn.Module | torch.Tensor],
+    tau: float,
 ) -> None:
-    """``θ_target <- (1 - τ) θ_target + τ θ`` for all parameters of one module or of several paired
-    modules, in one fused foreach call."""
-    targets = [target] if isinstance(target, nn.Module) else target
-    sources = [source] if isinstance(source, nn.Module) else source
-    t_params = [p for m in targets for p in m.parameters()]
-    s_params = [p for m in sources for p in m.parameters()]
-    torch._foreach_lerp_(t_params, s_params, tau)
+    """``θ_target <- (1 - τ) θ_target + τ θ`` for all parameters, in one fused foreach call.
+
+    ``target`` and ``source`` are modules, sequences of paired modules, or parameter lists (cache
+    those on a hot path: listing a module's parameters costs more than the update itself)."""
+    torch._foreach_lerp_(_params_of(target), _params_of(source), tau)

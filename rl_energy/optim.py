@@ -164,18 +164,20 @@ class FusedAdam(torch.optim.Adam):
         gradient by it), so no extra pass rewrites the gradients; ``p.grad`` keeps the unclipped
         values. Returns the total gradient norm before clipping.
         """
+        entries = None
         if self.flat:
-            flats = [entry["flat"]["grad"] for entry in self._flat_entries()]
+            entries = self._flat_entries()
+            flats = [entry["flat"]["grad"] for entry in entries]
             norm = torch.linalg.vector_norm(flats[0] if len(flats) == 1 else torch.cat(flats))
         else:
             grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
             norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
-        self._step((norm / max_norm).clamp(min=1.0))  # 1 / min(1, max_norm / norm)
+        self._step((norm / max_norm).clamp(min=1.0), entries)  # 1 / min(1, max_norm / norm)
         return norm
 
-    def _step(self, grad_scale: torch.Tensor | None) -> None:
+    def _step(self, grad_scale: torch.Tensor | None, entries: list[dict[str, Any]] | None = None) -> None:
         if self.flat:
-            for entry in self._flat_entries():
+            for entry in entries or self._flat_entries():
                 group, f = entry["group"], entry["flat"]
                 beta1, beta2 = group["betas"]
                 entry["step"].add_(1)
