@@ -35,3 +35,27 @@ def test_plot_writes_a_png_with_mean_and_spread(tmp_path, capsys):
     assert main(["plot", *runs, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert main(["plot", runs[0], "--out", str(out), "--column", "nope"]) == 2
+
+
+def test_bench_learning_resumes_an_interrupted_run_with_resume_alone(tmp_path, monkeypatch):
+    """A run with checkpoints is continued with ``--resume`` and nothing the CLI would refuse."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_learning", Path(__file__).resolve().parent.parent / "scripts" / "bench_learning.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: calls.append(cmd))
+    fresh, interrupted = tmp_path / "sac_s0", tmp_path / "sac_s1"
+    fresh.mkdir()
+    (interrupted / "checkpoints").mkdir(parents=True)
+    bench.run_one("sac", "Pendulum-v1", 0, 1000, fresh, 1, ["agent.tau=0.01"])
+    bench.run_one("sac", "Pendulum-v1", 1, 1000, interrupted, 1, ["agent.tau=0.01"])
+    new, resumed = calls
+    assert "--run-dir" in new and "--seed" in new and "agent.tau=0.01" in new
+    assert resumed[resumed.index("--resume") + 1] == str(interrupted)
+    assert not {"--agent", "--env", "--seed", "--set", "--run-dir"} & set(resumed)
