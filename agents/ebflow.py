@@ -125,11 +125,12 @@ class EBFlow(Agent):
             [*self.flow.scale.parameters(), *self.shift.parameters()],
         )
 
-    def compile_update(self) -> None:
+    def compile_update(self) -> bool:
         """Compile :meth:`loss` (target, density pass, shift heads and their backward) and the sampling
         map used by :meth:`act` with Inductor."""
         self._loss = CompiledFn(self.loss, "the EBFlow loss")
         self._push = CompiledFn(self.flow.push, "the EBFlow sampling map")
+        return True
 
     def _set_dropout(self, on: bool) -> None:
         for m in self._dropouts:

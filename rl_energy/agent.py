@@ -107,8 +107,10 @@ class Agent(nn.Module):
         """
         raise NotImplementedError
 
-    def compile_update(self) -> None:
-        """Compile the hot part of :meth:`update` (``train.compile``); agents without one ignore it."""
+    def compile_update(self) -> bool:
+        """Compile the hot part of :meth:`update` (``train.compile``); returns whether the agent has one
+        (the base class has none)."""
+        return False
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Parameters, buffers and optimiser states (everything ``torch.save`` needs to resume)."""

@@ -62,8 +62,9 @@ class TrainConfig:
     """``torch.set_num_threads`` value; 0 keeps PyTorch's default."""
     compile: bool = False
     """Compile the agent's loss (forward and backward) with ``torch.compile`` where the agent supports it
-    (:meth:`rl_energy.agent.Agent.compile_update`). A one-off cost of 10–30 s at the first update; if
-    compilation fails (e.g. no C++ compiler) the run warns once and continues uncompiled."""
+    (:meth:`rl_energy.agent.Agent.compile_update`; set back to false for agents without one). A one-off
+    cost of a few seconds at the first update (4–10 s for EBFlow on 2 cores); if compilation fails
+    (e.g. no C++ compiler) the run warns once and continues uncompiled."""
 
     def validate(self) -> None:
         positive = ["total_steps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "log_every"]

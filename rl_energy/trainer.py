@@ -104,7 +104,7 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
     agent = spec.cls(obs_space, unit, cfg.agent, device)
     set_matmul_precision(agent, resolve_matmul_precision(cfg.train.matmul_precision, device))
     if cfg.train.compile:
-        agent.compile_update()
+        cfg.train.compile = agent.compile_update()  # config.yaml, the header and the timings say what ran
     return agent
 
 

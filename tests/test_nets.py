@@ -50,40 +50,49 @@ def test_precision_names():
         set_matmul_precision(mlp(2, [4], 1), "fp16")
 
 
-def test_fused_adam_equals_torch_adam_and_survives_a_state_round_trip():
+@pytest.mark.parametrize("flat", [False, True])
+def test_fused_adam_equals_torch_adam_and_survives_a_state_round_trip(flat):
     torch.manual_seed(0)
     a = EnsembleMLP(2, 9, [32, 32], 1)
     b = copy.deepcopy(a)
     ref = torch.optim.Adam([{"params": list(a.parameters())[:2], "lr": 3e-3}, {"params": list(a.parameters())[2:]}],
                            lr=1e-3, fused=True)
-    ours = FusedAdam([{"params": list(b.parameters())[:2], "lr": 3e-3}, {"params": list(b.parameters())[2:]}], 1e-3)
+
+    def make():
+        return FusedAdam([{"params": list(b.parameters())[:2], "lr": 3e-3}, {"params": list(b.parameters())[2:]}],
+                         1e-3, flat=flat)
+
+    ours = make()
     x = torch.randn(64, 9)
-
-    def step(net, opt):
-        opt.zero_grad()
-        net(x).square().mean().backward()
-        opt.step()
-
     for i in range(6):
-        step(a, ref)
-        step(b, ours)
+        for net, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
         if i == 2:  # a resume: fresh optimiser, loaded state
             state = ours.state_dict()
-            ours = FusedAdam([{"params": list(b.parameters())[:2], "lr": 3e-3}, {"params": list(b.parameters())[2:]}],
-                             1e-3)
+            ours = make()
             ours.load_state_dict(state)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     assert ours.state_dict()["state"][0]["step"].item() == 6
+    if flat:  # the parameters are views of one buffer per group
+        storage = ours._plan[1]["flat"]["param"].untyped_storage().data_ptr()
+        assert all(p.untyped_storage().data_ptr() == storage for p in list(b.parameters())[2:])
 
 
-def test_clip_step_equals_clip_grad_norm_then_adam():
+@pytest.mark.parametrize("flat", [False, True])
+def test_clip_step_equals_clip_grad_norm_then_adam(flat):
     torch.manual_seed(0)
     a = mlp(6, [32], 3)
     b = copy.deepcopy(a)
-    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2)
+    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2, flat=flat)
     x = torch.randn(50, 6)
-    for max_norm in [0.05, 0.05, 1e9, 0.05]:  # clipped, clipped, not clipped, clipped
+    for i, max_norm in enumerate([0.05, 0.05, 1e9, 0.05, 0.05]):  # clipped, clipped, not clipped, clipped...
+        if flat and i == 3:  # outside code drops the gradients and moves the module: the views re-attach
+            for p in b.parameters():
+                p.grad = None
+            b.double().float()
         for net, opt in ((a, ref), (b, ours)):
             opt.zero_grad()
             (100 * net(x)).square().mean().backward()
@@ -91,6 +100,7 @@ def test_clip_step_equals_clip_grad_norm_then_adam():
         ref.step()
         torch.testing.assert_close(ours.clip_step(max_norm), norm)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert q.dtype == torch.float32
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -122,59 +132,6 @@ def test_dropout_keeps_the_expected_fraction_and_scales():
     assert abs(kept - 0.9) < 0.002
     assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
     assert torch.equal(drop.eval()(torch.ones(3, 3)), torch.ones(3, 3))
-
-
-def test_flat_fused_adam_equals_torch_adam_and_survives_a_state_round_trip():
-    torch.manual_seed(0)
-    a = EnsembleMLP(2, 9, [32, 32], 1)
-    b = copy.deepcopy(a)
-    ref = torch.optim.Adam([{"params": list(a.parameters())[:2], "lr": 3e-3}, {"params": list(a.parameters())[2:]}],
-                           lr=1e-3, fused=True)
-
-    def make():
-        return FusedAdam([{"params": list(b.parameters())[:2], "lr": 3e-3}, {"params": list(b.parameters())[2:]}],
-                         1e-3, flat=True)
-
-    ours = make()
-    x = torch.randn(64, 9)
-    for i in range(6):
-        for net, opt in ((a, ref), (b, ours)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
-        if i == 2:  # a resume: fresh optimiser, loaded state
-            state = ours.state_dict()
-            ours = make()
-            ours.load_state_dict(state)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.equal(p, q)
-    # the parameters, gradients and moments are views of one buffer per group
-    entry = ours._plan[1]
-    assert all(p.untyped_storage().data_ptr() == entry["flat"]["param"].untyped_storage().data_ptr()
-               for p in list(b.parameters())[2:])
-    assert ours.state_dict()["state"][0]["step"].item() == 6
-
-
-def test_flat_fused_adam_clips_like_clip_grad_norm_and_reattaches_replaced_tensors():
-    torch.manual_seed(0)
-    a = mlp(6, [32], 3)
-    b = copy.deepcopy(a)
-    ref, ours = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True), FusedAdam(b.parameters(), 1e-2, flat=True)
-    x = torch.randn(50, 6)
-    for i, max_norm in enumerate([0.05, 0.05, 1e9, 0.05, 0.05]):
-        if i == 3:  # outside code drops the gradients and moves the module (new parameter tensors)
-            for p in b.parameters():
-                p.grad = None
-            b.double().float()
-        for net, opt in ((a, ref), (b, ours)):
-            opt.zero_grad()
-            (100 * net(x)).square().mean().backward()
-        norm = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm)
-        ref.step()
-        torch.testing.assert_close(ours.clip_step(max_norm), norm)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        assert q.dtype == torch.float32
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_flat_fused_adam_steps_a_parameter_without_gradient_with_a_zero_gradient():

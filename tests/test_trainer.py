@@ -117,3 +117,11 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path, agent):
     b = fresh.act(obs)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, fresh.act(obs))  # the stochastic policy does sample
+
+
+def test_compile_is_recorded_only_for_agents_that_compile(tmp_path):
+    trainer = Trainer(quick_config("sac", compile="true"), tmp_path, verbose=False)
+    assert trainer.cfg.train.compile is False  # SAC has nothing to compile: config.yaml says so
+    assert "compile: false" in (tmp_path / "config.yaml").read_text()
+    trainer.envs.close()
+    trainer.eval_envs.close()
