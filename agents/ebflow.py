@@ -38,7 +38,7 @@ from torch import nn
 from rl_energy.agent import Agent, CompiledFn, assert_finite
 from rl_energy.config import require
 from rl_energy.flows import ConditionalFlow, FlowDensity
-from rl_energy.nets import EnsembleMLP, polyak_update
+from rl_energy.nets import Dropout, EnsembleMLP, advance_dropout_seeds, polyak_update
 from rl_energy.optim import adam
 from rl_energy.registry import register_agent
 
@@ -112,7 +112,7 @@ class EBFlow(Agent):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(c.alpha)), requires_grad=c.autotune)
         self.target_entropy = -float(self.action_dim) if c.target_entropy is None else c.target_entropy
         self.to(self.device)
-        self._dropouts = [m for m in self.flow.modules() if isinstance(m, nn.Dropout)]
+        self._dropouts = [m for m in self.flow.modules() if isinstance(m, Dropout)]
         self._set_dropout(False)
         self._params = list(self.flow.parameters()) + list(self.shift.parameters())
         self.optimizers = {"model": adam(self._params, c.lr, flat=True)}  # every parameter trains every step
@@ -218,6 +218,7 @@ class EBFlow(Agent):
         assert_finite("loss", loss)
         opt["model"].zero_grad(set_to_none=True)
         loss.backward()
+        advance_dropout_seeds(self._dropouts)  # next update's masks (after the backward, which reads them)
         grad_norm = opt["model"].clip_step(c.grad_clip or math.inf)  # clip to c.grad_clip, one Adam step
         metrics = {"loss": loss.detach(), **stats, "alpha": alpha, "grad_norm": grad_norm}
         if c.autotune:  # SAC's temperature loss on fresh samples of the current policy

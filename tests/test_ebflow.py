@@ -28,7 +28,9 @@ def test_q_minus_v_is_alpha_log_pi():
     q, v = agent.q_values(obs, action, alpha), agent.v_values(obs, alpha)
     log_pi = agent.flow.log_prob(action, obs).log_prob
     assert q.shape == v.shape == (2, 64)
-    torch.testing.assert_close(q - v, 0.37 * log_pi.expand(2, -1), rtol=0, atol=1e-5)
+    # α is exp(log α) (0.37 to float32's precision); Q/α reaches the thousands near the squash's edge
+    torch.testing.assert_close(alpha, torch.tensor(0.37, dtype=torch.float64), rtol=1e-7, atol=0)
+    torch.testing.assert_close(q - v, alpha * log_pi.expand(2, -1), rtol=0, atol=1e-5)
 
 
 def test_log_prob_matches_change_of_variables_with_the_autograd_jacobian():
@@ -114,17 +116,21 @@ def test_compiled_loss_gradients_and_actions_match_eager():
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)  # float64 throughout (optimiser buffers too): agreement to rounding
     try:
-        agent = make_agent(dropout=0.0)
+        agent = make_agent()
     finally:
         torch.set_default_dtype(torch.float32)
     args = (torch.randn(64, 5, dtype=torch.float64), torch.rand(64, 3, dtype=torch.float64) * 2 - 1,
             torch.randn(64, dtype=torch.float64), torch.randn(64, 5, dtype=torch.float64), torch.rand(64) < 0.2,
             torch.tensor(0.3, dtype=torch.float64))
     params = agent._params
+    agent._set_dropout(True)  # as in update(): the hashed dropout masks must match too
     loss, stats = agent.loss(*args)
     grads = torch.autograd.grad(loss, params)
     compiled = CompiledFn(agent.loss, "test loss")
     c_loss, c_stats = compiled(*args)
+    agent._set_dropout(False)
+    with torch.no_grad():
+        assert not torch.equal(agent.loss(*args)[0], loss), "dropout was not on"
     assert compiled.compiled is not None, "Inductor could not compile the loss (no C++ compiler?)"
     torch.testing.assert_close(c_loss, loss, rtol=1e-10, atol=1e-10)
     for key in stats:
@@ -138,6 +144,19 @@ def test_compiled_loss_gradients_and_actions_match_eager():
     torch.manual_seed(3)
     for eager, compiled_action in zip(eager_actions, [agent.act(obs), agent.act(obs, deterministic=True)], strict=True):
         torch.testing.assert_close(compiled_action, eager, rtol=1e-10, atol=1e-10)
+
+
+def test_each_update_draws_fresh_dropout_masks():
+    torch.manual_seed(0)
+    agent = EBFlow(gym.spaces.Box(-1, 1, (5,)), gym.spaces.Box(-1, 1, (3,)), EBFlowConfig())
+    batch = TensorDict(obs=torch.randn(32, 5), action=torch.rand(32, 3) * 2 - 1, reward=torch.randn(32),
+                       next_obs=torch.randn(32, 5), terminated=torch.zeros(32, dtype=torch.bool), batch_size=[32])
+    seeds = [int(m.seed) for m in agent._dropouts]
+    assert len(seeds) == 2 * agent.config.num_couplings and len(set(seeds)) == len(seeds)
+    agent.update(batch)
+    agent.update(batch)
+    assert [int(m.seed) for m in agent._dropouts] == [s + 2 for s in seeds]
+    assert not any(m.training for m in agent._dropouts)  # off again for acting
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
