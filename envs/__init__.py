@@ -1,14 +1,20 @@
 """rl-energy's own environments, registered with Gymnasium under the ``rl_energy/`` namespace.
 
-Each env family lives in its own module and adds its ids to :data:`ENV_SPECS`; importing
-:mod:`rl_energy` registers them, after which ``gym.make("rl_energy/<Name>-v0")`` works.
+Each env family lives in its own module; :data:`ENV_SPECS` names its classes by import path, so
+importing :mod:`rl_energy` registers every id without importing the (possibly heavy) env modules,
+and ``gym.make("rl_energy/<Name>-v0")`` imports the one it needs.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 
-ENV_SPECS: dict[str, dict] = {}
+ENV_SPECS: dict[str, dict] = {
+    "rl_energy/BubblePosition-v0": {
+        "entry_point": "rl_energy.envs.bubble:BubblePositionEnv",
+        "vector_entry_point": "rl_energy.envs.bubble:BubblePositionVectorEnv",
+    },
+}
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 
 

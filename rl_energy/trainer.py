@@ -67,15 +67,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) -> gym.vector.VectorEnv:
-    """A synchronous vector env in ``NEXT_STEP`` autoreset mode with actions rescaled to [-1, 1]."""
+    """A vector env in ``NEXT_STEP`` autoreset mode with actions rescaled to [-1, 1]: the env's own
+    vector implementation where it registers one (``vector_entry_point``, e.g. the bubble env's single
+    kernel call for all sub-envs), else a synchronous one."""
     check_env_id(env_id)
-    envs = gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
-        **(env_kwargs or {}),
-    )
+    if gym.spec(env_id).vector_entry_point is not None:
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
+        mode = envs.metadata.get("autoreset_mode")
+        if mode != gym.vector.AutoresetMode.NEXT_STEP:
+            envs.close()
+            raise ConfigError(f"environment '{env_id}': its vector env autoresets in {mode} mode, not NEXT_STEP")
+    else:
+        envs = gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+            **(env_kwargs or {}),
+        )
     space = envs.single_action_space
     if not isinstance(space, gym.spaces.Box):
         envs.close()
