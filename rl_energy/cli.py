@@ -36,8 +36,13 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-envs", type=int, help="shorthand for train.num_envs")
     tr.add_argument("--quiet", action="store_true", help="no progress output except the final line")
 
-    ev = sub.add_parser("evaluate", help="evaluate the last checkpoint of a run")
-    ev.add_argument("run_dir", help="a run directory written by `rl-energy train`")
+    ev = sub.add_parser("evaluate", help="evaluate the last checkpoint of a run, or a controller with nothing "
+                        "to train (--agent, --env)")
+    ev.add_argument("run_dir", nargs="?", help="a run directory written by `rl-energy train`")
+    ev.add_argument("--agent", help="instead of RUN_DIR: an agent with nothing to train, e.g. bubble_linear")
+    ev.add_argument("--env", dest="env_id", help="with --agent: the environment id")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --agent: override a config value, e.g. --set agent.amplitude=0.3")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--deterministic", dest="deterministic", action="store_true", default=True)
     ev.add_argument("--stochastic", dest="deterministic", action="store_false")
@@ -79,6 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         if not args.agent or not args.env_id:
             raise ConfigError("train needs --agent NAME and --env ENV_ID (or --resume RUN_DIR)")
         spec = get_agent(args.agent)
+        if not getattr(spec.cls, "trainable", True):
+            raise ConfigError(f"agent '{args.agent}' has nothing to train; evaluate it with "
+                              f"`rl-energy evaluate --agent {args.agent} --env ENV_ID`")
         check_env_id(args.env_id)
         overrides = list(args.overrides)
         for flag, key in (("seed", "train.seed"), ("total_steps", "train.total_steps"),
@@ -112,17 +120,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from rl_energy.checkpoint import has_checkpoint, load_checkpoint
-    from rl_energy.config import ConfigError, load_yaml_file, run_config_from_dict
-    from rl_energy.registry import get_agent
+    from rl_energy.config import ConfigError, load_yaml_file, resolve_config, run_config_from_dict
+    from rl_energy.registry import check_env_id, get_agent
     from rl_energy.trainer import build_agent, evaluate_policy, final_line, make_vector_env, resolve_device
 
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be >= 1")
+    if args.agent or args.env_id:  # a controller without parameters: no run directory
+        if args.run_dir or not (args.agent and args.env_id):
+            raise ConfigError("evaluate takes either RUN_DIR, or --agent NAME --env ENV_ID (no run directory)")
+        spec = get_agent(args.agent)
+        if getattr(spec.cls, "trainable", True):
+            raise ConfigError(f"agent '{args.agent}' learns its policy; evaluate one of its runs: "
+                              "`rl-energy evaluate RUN_DIR`")
+        check_env_id(args.env_id)
+        cfg = resolve_config(args.agent, args.env_id, spec.config_cls, overrides=args.overrides)
+        seed = cfg.train.eval_seed if args.seed is None else args.seed
+        envs = make_vector_env(cfg.env_id, args.episodes, cfg.env_kwargs)
+        agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, resolve_device(args.device))
+        result = evaluate_policy(agent, envs, seed, args.deterministic)
+        envs.close()
+        print(final_line(result, args.deterministic))
+        return 0
+    if args.overrides:
+        raise ConfigError("--set applies to --agent/--env evaluations; a run is evaluated as it was trained")
+    if not args.run_dir:
+        raise ConfigError("evaluate needs RUN_DIR (or --agent NAME --env ENV_ID for a controller)")
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     if not has_checkpoint(run_dir / "checkpoints"):
         raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
-    if args.episodes < 1:
-        raise ConfigError("--episodes must be >= 1")
     saved = load_yaml_file(run_dir / "config.yaml")
     cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
     device = resolve_device(args.device)
