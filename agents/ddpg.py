@@ -26,6 +26,8 @@ from rl_energy.nets import EnsembleMLP, mlp, polyak_update
 from rl_energy.optim import adam
 from rl_energy.registry import register_agent
 
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
 
 @dataclass
 class DDPGConfig:
@@ -34,6 +36,8 @@ class DDPGConfig:
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    """Hidden-layer activation of actor and critic: ``relu`` or ``tanh`` (the bubble-control code)."""
     exploration_noise: float = 0.1
     """Standard deviation of the Gaussian action noise, in units of the [-1, 1] action range."""
     actor_update_every: int = 1
@@ -41,6 +45,7 @@ class DDPGConfig:
     def validate(self) -> None:
         validate_actor_critic(self, ("actor_lr", "critic_lr"))
         require(self, "exploration_noise", self.exploration_noise >= 0, ">= 0")
+        require(self, "activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
 
 
 @register_agent("ddpg", DDPGConfig)
@@ -58,8 +63,9 @@ class DDPG(Agent):
     ) -> None:
         super().__init__(observation_space, action_space, config, device)
         c = config
-        self.actor = mlp(self.obs_dim, c.hidden, self.action_dim, output_activation=nn.Tanh)
-        self.critic = EnsembleMLP(1, self.obs_dim + self.action_dim, c.hidden, 1)
+        act = ACTIVATIONS[c.activation]
+        self.actor = mlp(self.obs_dim, c.hidden, self.action_dim, activation=act, output_activation=nn.Tanh)
+        self.critic = EnsembleMLP(1, self.obs_dim + self.action_dim, c.hidden, 1, activation=act)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(self.device)
