@@ -119,10 +119,16 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from rl_energy.checkpoint import has_checkpoint, load_checkpoint
-    from rl_energy.config import ConfigError, load_yaml_file, resolve_config, run_config_from_dict
+    from rl_energy.config import ConfigError, resolve_config
     from rl_energy.registry import check_env_id, get_agent
-    from rl_energy.trainer import build_agent, evaluate_policy, final_line, make_vector_env, resolve_device
+    from rl_energy.trainer import (
+        build_agent,
+        evaluate_policy,
+        final_line,
+        load_trained_agent,
+        make_vector_env,
+        resolve_device,
+    )
 
     if args.episodes < 1:
         raise ConfigError("--episodes must be >= 1")
@@ -146,19 +152,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--set applies to --agent/--env evaluations; a run is evaluated as it was trained")
     if not args.run_dir:
         raise ConfigError("evaluate needs RUN_DIR (or --agent NAME --env ENV_ID for a controller)")
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not has_checkpoint(run_dir / "checkpoints"):
-        raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
-    saved = load_yaml_file(run_dir / "config.yaml")
-    cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
-    device = resolve_device(args.device)
+    agent, cfg, envs, step = load_trained_agent(args.run_dir, resolve_device(args.device), args.episodes)
     seed = cfg.train.eval_seed if args.seed is None else args.seed
-    envs = make_vector_env(cfg.env_id, args.episodes, cfg.env_kwargs)
-    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, device)
-    state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
-    agent.load_checkpoint_state(state["agent"])
     torch.manual_seed(seed)
     if args.video:
         from rl_energy.video import record_episodes
@@ -167,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"videos written to {args.video}")
     result = evaluate_policy(agent, envs, seed, args.deterministic)
     envs.close()
-    print(f"step {state['step']}: " + final_line(result, args.deterministic))
+    print(f"step {step}: " + final_line(result, args.deterministic))
     return 0
 
 

@@ -117,6 +117,26 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
     return agent
 
 
+def load_trained_agent(run_dir: str | Path, device: torch.device, num_envs: int = 1
+                       ) -> tuple[Agent, RunConfig, gym.vector.VectorEnv, int]:
+    """The agent of a ``rl-energy train`` run at its last checkpoint, with ``num_envs`` envs as it was
+    trained on; returns ``(agent, config, envs, step)``."""
+    from rl_energy.config import load_yaml_file, run_config_from_dict
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not has_checkpoint(run_dir / "checkpoints"):
+        raise ConfigError(f"{run_dir} has no checkpoint to evaluate")
+    saved = load_yaml_file(run_dir / "config.yaml")
+    cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
+    envs = make_vector_env(cfg.env_id, num_envs, cfg.env_kwargs)
+    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, device)
+    state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
+    agent.load_checkpoint_state(state["agent"])
+    return agent, cfg, envs, int(state["step"])
+
+
 def evaluate_policy(agent: Agent, envs: gym.vector.VectorEnv, seed: int, deterministic: bool = True) -> EvalResult:
     """One episode in each of ``envs.num_envs`` envs, reset with seeds ``seed, seed+1, ...``."""
     n = envs.num_envs
@@ -404,5 +424,6 @@ __all__ = [
     "default_run_dir",
     "evaluate_policy",
     "final_line",
+    "load_trained_agent",
     "make_vector_env",
 ]
