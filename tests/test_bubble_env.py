@@ -87,3 +87,20 @@ def test_make_vec_is_the_native_vector_env_and_matches_single_envs():
     np.testing.assert_array_equal(reward[truncated | terminated], 0.0)
     assert np.all(info["steps"] == 0)
     venv.close()
+
+
+def test_ddpg_trains_on_the_native_vector_env_and_the_linear_controller_evaluates(tmp_path, capsys):
+    from rl_energy.cli import main
+
+    run = tmp_path / "ddpg"
+    code = main(["train", "--agent", "ddpg", "--env", ENV_ID, "--run-dir", str(run), "--total-steps", "96", "--quiet",
+                 "--set", "train.learning_starts=32", "--set", "train.num_envs=8", "--set", "train.eval_episodes=2",
+                 "--set", "train.batch_size=16", "--set", "env_kwargs.cycles_per_action=1",
+                 "--set", "env_kwargs.episode_length=6"])
+    assert code == 0 and "final eval return" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--episodes", "2"]) == 0
+    assert main(["evaluate", "--agent", "bubble_linear", "--env", ENV_ID, "--episodes", "2",
+                 "--set", "env_kwargs.cycles_per_action=1", "--set", "env_kwargs.episode_length=4"]) == 0
+    assert "final eval return" in capsys.readouterr().out
+    assert main(["train", "--agent", "bubble_linear", "--env", ENV_ID]) == 2
+    assert "nothing to train" in capsys.readouterr().err
