@@ -225,19 +225,26 @@ def _integrate_one(X: np.ndarray, t0: float, t1: float, p1: float, p2: float, C:
     return OK, t, steps, last_h
 
 
-def _loop(X: np.ndarray, t0: np.ndarray, t1: np.ndarray, amps: np.ndarray, C: np.ndarray, rtol: float,
-          atol: float, h: np.ndarray, max_steps: int, status: np.ndarray, steps: np.ndarray) -> None:
+@numba.njit(cache=True, parallel=True)
+def _integrate_many(X: np.ndarray, t0: np.ndarray, t1: np.ndarray, amps: np.ndarray, C: np.ndarray, rtol: float,
+                    atol: float, h: np.ndarray, max_steps: int, status: np.ndarray, steps: np.ndarray) -> None:
+    """Bubbles spread over numba's threads (one bubble per ``prange`` iteration)."""
     for b in numba.prange(X.shape[0]):
         status[b], t0[b], steps[b], h[b] = _integrate_one(
             X[b], t0[b], t1[b], amps[b, 0], amps[b, 1], C, rtol, atol, h[b], max_steps
         )
 
 
-_integrate_many = numba.njit(cache=True, parallel=True)(_loop)
-"""Bubbles spread over numba's threads (one bubble per ``prange`` iteration)."""
-_integrate_serial = numba.njit(cache=True)(_loop)
-"""The same loop on the calling thread: a single bubble does not pay the thread pool's dispatch
-(≈1 ms per call on two busy cores)."""
+@numba.njit(cache=True)
+def _integrate_serial(X: np.ndarray, t0: np.ndarray, t1: np.ndarray, amps: np.ndarray, C: np.ndarray, rtol: float,
+                      atol: float, h: np.ndarray, max_steps: int, status: np.ndarray, steps: np.ndarray) -> None:
+    """:func:`_integrate_many` on the calling thread: a single bubble does not pay the thread pool's
+    dispatch (about 1 ms per call on two busy cores). A separate function, not a second ``njit`` of
+    the same one: numba's on-disk cache is keyed by the Python function, so the two would share it."""
+    for b in range(X.shape[0]):
+        status[b], t0[b], steps[b], h[b] = _integrate_one(
+            X[b], t0[b], t1[b], amps[b, 0], amps[b, 1], C, rtol, atol, h[b], max_steps
+        )
 
 
 def integrate(
