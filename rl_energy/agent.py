@@ -81,6 +81,8 @@ class Agent(nn.Module):
 
     Config: ClassVar[type]
     metric_names: ClassVar[tuple[str, ...]] = ()
+    trainable: ClassVar[bool] = True
+    """False for controllers with nothing to learn (``rl-energy evaluate --agent NAME --env ID``)."""
 
     def __init__(
         self,

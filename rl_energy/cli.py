@@ -84,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.agent or not args.env_id:
             raise ConfigError("train needs --agent NAME and --env ENV_ID (or --resume RUN_DIR)")
         spec = get_agent(args.agent)
-        if not getattr(spec.cls, "trainable", True):
+        if not spec.cls.trainable:
             raise ConfigError(f"agent '{args.agent}' has nothing to train; evaluate it with "
                               f"`rl-energy evaluate --agent {args.agent} --env ENV_ID`")
         check_env_id(args.env_id)
@@ -136,7 +136,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.run_dir or not (args.agent and args.env_id):
             raise ConfigError("evaluate takes either RUN_DIR, or --agent NAME --env ENV_ID (no run directory)")
         spec = get_agent(args.agent)
-        if getattr(spec.cls, "trainable", True):
+        if spec.cls.trainable:
             raise ConfigError(f"agent '{args.agent}' learns its policy; evaluate one of its runs: "
                               "`rl-energy evaluate RUN_DIR`")
         check_env_id(args.env_id)
