@@ -14,6 +14,8 @@ ENV_SPECS: dict[str, dict] = {
         "entry_point": "rl_energy.envs.bubble:BubblePositionEnv",
         "vector_entry_point": "rl_energy.envs.bubble:BubblePositionVectorEnv",
     },
+    "rl_energy/HyperGrid-v0": {"entry_point": "rl_energy.envs.hypergrid:HyperGridEnv"},
+    "rl_energy/SetGeneration-v0": {"entry_point": "rl_energy.envs.set_generation:SetGenerationEnv"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 

@@ -83,23 +83,28 @@ class Agent(nn.Module):
     metric_names: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
     """False for controllers with nothing to learn (``rl-energy evaluate --agent NAME --env ID``)."""
+    collection: ClassVar[str] = "steps"
+    """How the trainer collects data for it: ``steps`` (transitions into a replay buffer, continuous
+    actions: :class:`~rl_energy.trainer.Trainer`) or ``trajectories`` (whole trajectories through a
+    GFlowNet DAG: :class:`~rl_energy.trainer.TrajectoryTrainer`, which builds the agent from the DAG)."""
 
     def __init__(
         self,
-        observation_space: gym.spaces.Box,
-        action_space: gym.spaces.Box,
+        observation_space: gym.Space,
+        action_space: gym.Space | None,
         config: Any,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
-        if not isinstance(action_space, gym.spaces.Box):
-            raise TypeError(f"{type(self).__name__} needs a continuous (Box) action space, got {action_space}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"{type(self).__name__} needs a Box observation space, got {observation_space}")
+        if self.collection == "steps":
+            if not isinstance(action_space, gym.spaces.Box):
+                raise TypeError(f"{type(self).__name__} needs a continuous (Box) action space, got {action_space}")
+            if not isinstance(observation_space, gym.spaces.Box):
+                raise TypeError(f"{type(self).__name__} needs a Box observation space, got {observation_space}")
+            self.obs_dim = int(torch.tensor(observation_space.shape).prod())
+            self.action_dim = int(torch.tensor(action_space.shape).prod())
         self.config = config
         self.device = torch.device(device)
-        self.obs_dim = int(torch.tensor(observation_space.shape).prod())
-        self.action_dim = int(torch.tensor(action_space.shape).prod())
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
         """Gradient steps taken so far (a Python int: reading it costs no device sync)."""
