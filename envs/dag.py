@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 MAX_ENUMERATED_STATES = 2**20
-"""Largest state space :meth:`DAGEnv.all_states` enumerates (1M states; the exact evaluation holds a few arrays of that length times the actions)."""
+"""Largest state space :meth:`DAGEnv.all_states` enumerates (1M states; the exact evaluation holds a few
+arrays of that length times the number of actions)."""
 
 
 class DAGEnv:
