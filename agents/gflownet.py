@@ -53,6 +53,11 @@ ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
 class GFlowNetConfig:
     """Defaults: torchgfn's HyperGrid example and the FL-GFN set-generation code (digest §3, §7)."""
 
+    TRAIN_DEFAULTS: ClassVar[dict] = {
+        "total_steps": 32_000, "batch_size": 16, "log_every": 1_600, "eval_every": 8_000, "checkpoint_every": 8_000,
+    }
+    """``train`` keys in trajectories: torchgfn's HyperGrid regression runs, 32k trajectories of batch 16."""
+
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     lr: float = 1e-3

@@ -19,6 +19,9 @@ ENV_SPECS: dict[str, dict] = {
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 
+GFLOWNET_ENV_IDS = ("rl_energy/HyperGrid-v0", "rl_energy/SetGeneration-v0")
+"""The envs whose ``unwrapped.dag`` is a :class:`rl_energy.envs.dag.DAGEnv` (for GFlowNet agents)."""
+
 
 def register_all() -> None:
     for env_id, kwargs in ENV_SPECS.items():

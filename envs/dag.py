@@ -54,6 +54,14 @@ class DAGEnv:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
 
+    def to(self, device: torch.device | str) -> DAGEnv:
+        """Move the env's tensors (and the states it creates) to ``device``; returns ``self``."""
+        self.device = torch.device(device)
+        for key, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, key, value.to(self.device))
+        return self
+
     @property
     def exit_action(self) -> int:
         return self.n_actions - 1

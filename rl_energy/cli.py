@@ -64,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from rl_energy.config import ConfigError, load_yaml_file, resolve_config, run_config_from_dict
     from rl_energy.registry import check_env_id, get_agent
-    from rl_energy.trainer import Trainer, TrainingError, TrainingInterrupted, default_run_dir, final_line
+    from rl_energy.trainer import TrainingError, TrainingInterrupted, default_run_dir, make_trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
         if (run_dir / "checkpoints").exists():
             raise ConfigError(f"--run-dir {run_dir} already holds a run; use --resume {run_dir} to continue it")
 
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
+    trainer = make_trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
     if not args.quiet:
         compiled = ", torch.compile" if cfg.train.compile else ""
         print(f"run directory: {run_dir} (device {trainer.device}, {cfg.train.matmul_precision} matmuls{compiled})",
@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    print(final_line(result), flush=True)
+    print(trainer.final_line(result), flush=True)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Resolution order (later wins):
 
-1. the dataclass defaults,
+1. the dataclass defaults (``TrainConfig``, the agent's config, and the agent config's
+   ``TRAIN_DEFAULTS`` for ``train`` keys where an agent family differs, e.g. GFlowNets count trajectories),
 2. ``configs/<agent>/default.yaml`` (shipped with the package),
 3. ``configs/<agent>/<EnvId>.yaml`` (the paper's per-environment settings, if present),
 4. ``--config FILE``,
@@ -295,6 +296,8 @@ def resolve_config(
 ) -> RunConfig:
     """Build the :class:`RunConfig` for ``agent_name`` on ``env_id`` (see module docstring)."""
     cfg = RunConfig(agent_name=agent_name, env_id=env_id, agent=agent_config_cls())
+    family_defaults = {"train": getattr(agent_config_cls, "TRAIN_DEFAULTS", {})}
+    _apply(cfg, family_defaults, f"{agent_config_cls.__name__}.TRAIN_DEFAULTS")
     _apply(cfg, packaged_config(agent_name, "default.yaml"), f"configs/{agent_name}/default.yaml")
     env_file = config_file_name(env_id)
     _apply(cfg, packaged_config(agent_name, env_file), f"configs/{agent_name}/{env_file}")

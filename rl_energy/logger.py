@@ -78,10 +78,12 @@ class RunLogger:
 def format_row(row: dict[str, Any], total: int) -> str:
     """One human-readable log line for non-terminal output."""
     parts = [f"step {row['step']}/{total}"]
-    for key, label in (("episode_return", "return"), ("eval_return_mean", "eval"), ("sps", "sps")):
+    for key, label, fmt in (("episode_return", "return", ".1f"), ("eval_return_mean", "eval", ".1f"),
+                            ("loss", "loss", ".4g"), ("l1", "L1", ".4f"), ("top_k_reward", "top-k R", ".4g"),
+                            ("modes_found", "modes", ".0f"), ("sps", "sps", ".0f")):
         value = row.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            parts.append(f"{label} {value:.1f}" if key != "sps" else f"{label} {value:.0f}")
+            parts.append(f"{label} {value:{fmt}}")
     return " | ".join(parts)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -156,10 +158,11 @@ def evaluate_policy(agent: Agent, envs: gym.vector.VectorEnv, seed: int, determi
     return EvalResult(float(returns.mean()), float(returns.std()), returns.tolist())
 
 
-class Trainer:
-    """Owns the vector env, the buffer, evaluation, logging and checkpoints of one run."""
+class RunLoop:
+    """What every training loop shares: the run directory, device, seeding, RNG state in checkpoints,
+    and SIGINT/SIGTERM handling (the loop checks ``self._signal``, checkpoints and stops)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
+    def _open(self, cfg: RunConfig, run_dir: str | Path, resume: bool, verbose: bool) -> None:
         self.cfg = cfg
         t = cfg.train
         self.run_dir = Path(run_dir)
@@ -168,13 +171,54 @@ class Trainer:
         if resume and not has_checkpoint(self.ckpt_dir):
             raise ConfigError(f"--resume {self.run_dir}: no checkpoint found in {self.ckpt_dir}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
         self.device = resolve_device(t.device)
         t.matmul_precision = resolve_matmul_precision(t.matmul_precision, self.device)  # config.yaml says what ran
         self._seed_everything(t.seed)
+        self._signal: int | None = None
 
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state, "python": random.getstate()}
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.rng.bit_generator.state = state["numpy"]
+        random.setstate(state["python"])
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self._signal = signum
+
+    @contextmanager
+    def _signals_caught(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set ``self._signal`` instead of killing the process (main thread only)."""
+        handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not in the main thread
+                pass
+        try:
+            yield
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+
+class Trainer(RunLoop):
+    """Owns the vector env, the buffer, evaluation, logging and checkpoints of one run."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
+        self._open(cfg, run_dir, resume, verbose)
+        t = cfg.train
         self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs)
         self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs)
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.single_action_space, self.device)
@@ -196,7 +240,6 @@ class Trainer:
         self.last_metrics: dict[str, torch.Tensor] = {}
         self._recent_returns: list[float] = []
         self._recent_lengths: list[int] = []
-        self._signal: int | None = None
         self.timing: dict[str, float] = {}
         """perf_counter stamps: ``learn_start`` (before the first update), ``first_update_end`` (after it;
         it includes any ``torch.compile``) and ``loop_end`` (before the final eval)."""
@@ -210,12 +253,6 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.agent.metric_names, resume_step=resume_step)
 
     # ------------------------------------------------------------------------------------ seeding
-    def _seed_everything(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
-
     def _reset_envs(self) -> np.ndarray:
         n = self.cfg.train.num_envs
         # a resumed run re-seeds its envs differently so that it does not replay the first episodes
@@ -238,11 +275,7 @@ class Trainer:
             "last_eval": None if self.last_eval is None else [self.last_eval.mean, self.last_eval.std],
             "last_obs": torch.as_tensor(self.obs, dtype=torch.float32),
             "agent": self.agent.checkpoint_state(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": self.rng.bit_generator.state,
-                "python": random.getstate(),
-            },
+            "rng": self._rng_state(),
         }
 
     def save(self) -> None:
@@ -260,34 +293,19 @@ class Trainer:
         self.last_ckpt_step = self.step
         if state["last_eval"] is not None:
             self.last_eval = EvalResult(state["last_eval"][0], state["last_eval"][1], [])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        random.setstate(state["rng"]["python"])
+        self._restore_rng(state["rng"])
         # the env is re-created: the last observation closes each env's stream in the buffer
         self.buffer.close_stream(state["last_obs"].numpy())
-
-    # ------------------------------------------------------------------------------------- signals
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        self._signal = signum
 
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> EvalResult:
         """Run until ``train.total_steps``; return the final deterministic evaluation."""
-        handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                handlers[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not in the main thread
-                pass
         console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
         try:
-            return self._train(console)
+            with self._signals_caught():
+                return self._train(console)
         finally:
             console.close()
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
             self.logger.close()
             self.envs.close()
             self.eval_envs.close()
@@ -396,6 +414,10 @@ class Trainer:
         self.save()
         return self.last_eval
 
+    @staticmethod
+    def final_line(result: EvalResult) -> str:
+        return final_line(result)
+
     def _row(self, sps: float, wall: float, with_eval: bool) -> dict[str, Any]:
         row: dict[str, Any] = {"step": self.step, "sps": sps, "wall_time": wall}
         if self._recent_returns:
@@ -411,6 +433,163 @@ class Trainer:
         return row
 
 
+class TrajectoryTrainer(RunLoop):
+    """GFlowNet training (agents with ``collection = "trajectories"``): sample ``train.batch_size``
+    trajectories -> (truncate) -> ``agent.update`` -> evaluate -> log -> checkpoint.
+
+    ``step`` counts sampled trajectories, so ``train.total_steps``, ``log_every``, ``eval_every`` and
+    ``checkpoint_every`` are in trajectories; the replay-buffer keys (``buffer_size``,
+    ``learning_starts``, ``utd``, ``num_envs``, ``eval_episodes``) do not apply. Each evaluation
+    (:func:`rl_energy.analysis.gflownet.sampler_metrics`) logs the exact L1 and JSD to ``R/Z`` on
+    enumerable envs, the log-partition error, and the top-k reward of ``agent.eval_samples`` on-policy
+    samples; ``modes_found`` counts the distinct modes among all training samples so far.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
+        from rl_energy.analysis.gflownet import EVAL_COLUMNS
+        from rl_energy.envs.dag import DAGEnv
+
+        cfg.train.matmul_precision = "fp32"  # GFlowNet networks keep float32 (see agents/gflownet.py)
+        self._open(cfg, run_dir, resume, verbose)
+        check_env_id(cfg.env_id)
+        env = gym.make(cfg.env_id, **cfg.env_kwargs)
+        dag = getattr(env.unwrapped, "dag", None)
+        env.close()
+        if not isinstance(dag, DAGEnv):
+            from rl_energy.envs import GFLOWNET_ENV_IDS
+
+            raise ConfigError(f"agent '{cfg.agent_name}' samples trajectories through a GFlowNet environment; "
+                              f"'{cfg.env_id}' is not one. GFlowNet environments: {', '.join(GFLOWNET_ENV_IDS)}")
+        self.dag = dag.to(self.device)
+        self.agent: Agent = get_agent(cfg.agent_name).cls(self.dag, cfg.agent, self.device)
+        self.step = 0
+        self.updates = 0
+        self.wall_time = 0.0
+        self.resumes = 0
+        self.last_log_step = 0
+        self.last_eval_step = -1
+        self.last_ckpt_step = 0
+        self.last_eval: dict[str, float] = {}
+        self.last_metrics: dict[str, torch.Tensor] = {}
+        self.modes_seen: set[int] = set()
+        self._track_modes = self.dag.is_mode(self.dag.initial_states(1)) is not None
+        resume_step = None
+        if resume:
+            self._restore()
+            resume_step = self.step
+        cfg.save(self.run_dir / "config.yaml")
+        self.logger = RunLogger(self.run_dir, self.agent.metric_names + EVAL_COLUMNS, resume_step=resume_step)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "updates": self.updates, "wall_time": self.wall_time, "resumes": self.resumes,
+            "last_log_step": self.last_log_step, "last_eval_step": self.last_eval_step,
+            "last_eval": dict(self.last_eval), "modes_seen": sorted(self.modes_seen),
+            "agent": self.agent.checkpoint_state(), "rng": self._rng_state(),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_dir, self._state(), None)
+        self.last_ckpt_step = self.step
+
+    def _restore(self) -> None:
+        state, _ = load_checkpoint(self.ckpt_dir, with_buffer=False)
+        self.agent.load_checkpoint_state(state["agent"])
+        for key in ("step", "updates", "wall_time", "last_log_step", "last_eval_step", "last_eval"):
+            setattr(self, key, state[key])
+        self.modes_seen = set(state["modes_seen"])
+        self.resumes = state["resumes"] + 1
+        self.last_ckpt_step = self.step
+        self._restore_rng(state["rng"])
+
+    def evaluate(self) -> dict[str, float]:
+        from rl_energy.analysis.gflownet import sampler_metrics
+
+        out = sampler_metrics(self.agent, self.dag, self.agent.config.eval_samples, self.agent.config.top_k)
+        if self._track_modes:
+            out["modes_found"] = float(len(self.modes_seen))
+        return out
+
+    def train(self) -> dict[str, float]:
+        """Run until ``train.total_steps`` trajectories; return the final evaluation."""
+        console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
+        try:
+            with self._signals_caught():
+                return self._train(console)
+        finally:
+            console.close()
+            self.logger.close()
+
+    def _train(self, console: Console) -> dict[str, float]:
+        from rl_energy.trajectories import sample_trajectories, truncate_trajectories
+
+        t, c = self.cfg.train, self.agent.config
+        agent, dag = self.agent, self.dag
+        start_time = time.perf_counter() - self.wall_time
+        last_row_time, last_row_step = time.perf_counter(), self.step
+        while self.step < t.total_steps:
+            if self._signal is not None:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+                raise TrainingInterrupted(self.step, self._signal, self.run_dir)
+            try:
+                trajs = sample_trajectories(dag, agent.forward_logits, t.batch_size, c.epsilon)
+                if self._track_modes:
+                    x = trajs.terminal_states()
+                    self.modes_seen.update(dag.state_index(x[dag.is_mode(x)]).tolist())
+                self.last_metrics = agent.update(truncate_trajectories(trajs, c.truncate))
+            except NonFiniteError as exc:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+                raise TrainingError(f"stopped at trajectory {self.step}: non-finite {exc.quantity}. "
+                                    f"The last good state is checkpointed in {self.ckpt_dir}.") from None
+            self.step += t.batch_size
+            self.updates += 1
+            final = self.step >= t.total_steps
+            due_eval = final or (
+                t.eval_every > 0 and self.step // t.eval_every > max(self.last_eval_step, 0) // t.eval_every
+            )
+            if final or due_eval or self.step // t.log_every > self.last_log_step // t.log_every:
+                now = time.perf_counter()
+                sps = (self.step - last_row_step) / max(now - last_row_time, 1e-9)  # trajectories per second
+                row: dict[str, Any] = {"step": self.step, "sps": sps, "wall_time": now - start_time}
+                row.update({k: float(v) for k, v in self.last_metrics.items()})
+                if self._track_modes:
+                    row["modes_found"] = float(len(self.modes_seen))
+                if due_eval:
+                    self.last_eval = self.evaluate()
+                    self.last_eval_step = self.step
+                    row.update(self.last_eval)
+                last_row_time, last_row_step = time.perf_counter(), self.step
+                self.logger.log(row)
+                console.row(row)
+                self.last_log_step = self.step
+            console.advance(self.step, f"L1 {self.last_eval['l1']:.3f}" if "l1" in self.last_eval else "")
+            if t.checkpoint_every and self.step // t.checkpoint_every > self.last_ckpt_step // t.checkpoint_every:
+                self.wall_time = time.perf_counter() - start_time
+                self.save()
+        if not self.last_eval or self.last_eval_step != self.step:  # resumed at or past total_steps
+            self.last_eval = self.evaluate()
+            self.last_eval_step = self.step
+        self.wall_time = time.perf_counter() - start_time
+        self.save()
+        return self.last_eval
+
+    @staticmethod
+    def final_line(result: dict[str, float]) -> str:
+        from rl_energy.analysis.gflownet import format_metrics
+
+        return "final: " + format_metrics(result)
+
+
+def make_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
+                 verbose: bool = True) -> Trainer | TrajectoryTrainer:
+    """The training loop the agent collects its data with (``Agent.collection``)."""
+    if get_agent(cfg.agent_name).cls.collection == "trajectories":
+        return TrajectoryTrainer(cfg, run_dir, resume, verbose)
+    return Trainer(cfg, run_dir, resume, verbose)
+
+
 def final_line(result: EvalResult, deterministic: bool = True) -> str:
     kind = "deterministic" if deterministic else "stochastic"
     return f"final eval return: {result.mean:.2f} ± {result.std:.2f} ({len(result.returns)} episodes, {kind})"
@@ -419,11 +598,13 @@ def final_line(result: EvalResult, deterministic: bool = True) -> str:
 __all__ = [
     "EvalResult",
     "Trainer",
+    "TrajectoryTrainer",
     "TrainingError",
     "TrainingInterrupted",
     "default_run_dir",
     "evaluate_policy",
     "final_line",
     "load_trained_agent",
+    "make_trainer",
     "make_vector_env",
 ]

@@ -12,6 +12,7 @@ Distances follow torchgfn's conventions (GFlowNet digest §6): :func:`l1_distanc
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -74,3 +75,50 @@ def empirical_distribution(dag: DAGEnv, terminal_states: torch.Tensor) -> torch.
     """Frequencies of sampled terminal states over ``dag.all_states()`` (float64)."""
     counts = torch.bincount(dag.state_index(terminal_states), minlength=dag.num_states).double()
     return counts / counts.sum()
+
+
+EVAL_COLUMNS = ("l1", "jsd", "log_z_error", "top_k_reward", "mean_log_reward", "modes_found")
+"""``progress.csv`` columns of a GFlowNet evaluation (besides the agent's loss and ``log_z``)."""
+
+
+@torch.no_grad()
+def sampler_metrics(agent: Any, dag: DAGEnv, n_samples: int, top_k: int = 100) -> dict[str, float]:
+    """Evaluation of a GFlowNet agent (``forward_logits``, ``log_z_estimate``) on ``dag``:
+
+    * ``top_k_reward``: mean ``R(x)`` of the ``top_k`` best distinct objects among ``n_samples``
+      on-policy samples (the set-generation metric of the FL-DB paper); ``mean_log_reward`` over all;
+    * ``log_z_error``: ``|log Ẑ - log Z|`` with the exact ``log Z`` of the env;
+    * on enumerable envs, ``l1`` (summed) and ``jsd`` between the **exact** terminal distribution and
+      ``R/Z``.
+    """
+    from rl_energy.trajectories import sample_trajectories
+
+    trajs = sample_trajectories(dag, agent.forward_logits, n_samples)
+    x = trajs.terminal_states()
+    distinct = torch.unique(x, dim=0)
+    log_r = dag.log_reward(distinct).double()
+    out = {
+        "top_k_reward": float(log_r.topk(min(top_k, len(log_r))).values.exp().mean()),
+        "mean_log_reward": float(dag.log_reward(x).double().mean()),
+    }
+    try:
+        out["log_z_error"] = abs(float(agent.log_z_estimate()) - dag.true_log_partition())
+    except ValueError:  # too large to enumerate and no closed form
+        pass
+    if dag.enumerable:
+        p = exact_terminal_distribution(dag, agent.forward_logits)
+        target = dag.target_distribution()
+        out["l1"] = l1_distance(p, target)
+        out["jsd"] = jensen_shannon(p, target)
+    return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One line of the metrics :func:`sampler_metrics` (and the trainer) report."""
+    parts = []
+    for key, label, fmt in (("l1", "L1 (exact, summed)", ".4f"), ("jsd", "JSD", ".5f"),
+                            ("log_z_error", "|log Z error|", ".4f"), ("top_k_reward", "top-k mean reward", ".4g"),
+                            ("mean_log_reward", "mean log R", ".3f"), ("modes_found", "modes found", ".0f")):
+        if key in metrics:
+            parts.append(f"{label} {metrics[key]:{fmt}}")
+    return " | ".join(parts)
