@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from rl_energy.config import ConfigError, resolve_config
+    from rl_energy.config import ConfigError, load_yaml_file, resolve_config
     from rl_energy.registry import check_env_id, get_agent
     from rl_energy.trainer import (
         build_agent,
@@ -152,6 +152,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--set applies to --agent/--env evaluations; a run is evaluated as it was trained")
     if not args.run_dir:
         raise ConfigError("evaluate needs RUN_DIR (or --agent NAME --env ENV_ID for a controller)")
+    saved = load_yaml_file(Path(args.run_dir) / "config.yaml") if (Path(args.run_dir) / "config.yaml").is_file() else {}
+    if saved and get_agent(saved.get("agent_name", "")).cls.collection == "trajectories":
+        return _evaluate_sampler(args)
     agent, cfg, envs, step = load_trained_agent(args.run_dir, resolve_device(args.device), args.episodes)
     seed = cfg.train.eval_seed if args.seed is None else args.seed
     torch.manual_seed(seed)
@@ -163,6 +166,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_policy(agent, envs, seed, args.deterministic)
     envs.close()
     print(f"step {step}: " + final_line(result, args.deterministic))
+    return 0
+
+
+def _evaluate_sampler(args: argparse.Namespace) -> int:
+    """``evaluate RUN_DIR`` of a GFlowNet run: the sampler metrics from ``--episodes`` x 100 samples."""
+    import torch
+
+    from rl_energy.analysis.gflownet import format_metrics, sampler_metrics
+    from rl_energy.config import ConfigError
+    from rl_energy.trainer import load_trained_sampler, resolve_device
+
+    if args.video:
+        raise ConfigError("--video needs an environment with frames; GFlowNet runs have none")
+    agent, cfg, step = load_trained_sampler(args.run_dir, resolve_device(args.device))
+    torch.manual_seed(cfg.train.eval_seed if args.seed is None else args.seed)
+    n = 100 * args.episodes
+    metrics = sampler_metrics(agent, agent.dag, n, agent.config.top_k)
+    print(f"trajectory {step}: {format_metrics(metrics)} ({n} samples; L1 and JSD exact)")
     return 0
 
 

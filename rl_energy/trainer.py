@@ -582,6 +582,23 @@ class TrajectoryTrainer(RunLoop):
         return "final: " + format_metrics(result)
 
 
+def load_trained_sampler(run_dir: str | Path, device: torch.device) -> tuple[Agent, RunConfig, int]:
+    """The GFlowNet agent of a ``rl-energy train`` run at its last checkpoint; returns
+    ``(agent, config, trajectories trained on)``. The agent's DAG env is ``agent.dag``."""
+    from rl_energy.config import load_yaml_file, run_config_from_dict
+
+    run_dir = Path(run_dir)
+    saved = load_yaml_file(run_dir / "config.yaml")
+    cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
+    env = gym.make(cfg.env_id, **cfg.env_kwargs)
+    dag = env.unwrapped.dag.to(device)
+    env.close()
+    agent = get_agent(cfg.agent_name).cls(dag, cfg.agent, device)
+    state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
+    agent.load_checkpoint_state(state["agent"])
+    return agent, cfg, int(state["step"])
+
+
 def make_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
                  verbose: bool = True) -> Trainer | TrajectoryTrainer:
     """The training loop the agent collects its data with (``Agent.collection``)."""
@@ -605,6 +622,7 @@ __all__ = [
     "evaluate_policy",
     "final_line",
     "load_trained_agent",
+    "load_trained_sampler",
     "make_trainer",
     "make_vector_env",
 ]

@@ -272,3 +272,17 @@ def test_gflownet_agent_needs_a_dag_env(tmp_path):
     cfg = resolve_config("tb", "Pendulum-v1", get_agent("tb").config_cls)
     with pytest.raises(ConfigError, match="rl_energy/HyperGrid-v0, rl_energy/SetGeneration-v0"):
         TrajectoryTrainer(cfg, tmp_path / "x", verbose=False)
+
+
+def test_cli_trains_and_evaluates_a_sampler(tmp_path, capsys):
+    from rl_energy.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--agent", "fldb", "--env", "rl_energy/HyperGrid-v0", "--total-steps", "320",
+                 "--set", "env_kwargs.ndim=2", "--set", "env_kwargs.height=4", "--set", "agent.hidden=[32]",
+                 "--run-dir", str(run), "--quiet"]) == 0
+    assert "final: L1 (exact, summed)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--episodes", "2"]) == 0
+    assert "trajectory 320: L1 (exact, summed)" in capsys.readouterr().out
+    assert main(["train", "--agent", "tb", "--env", "Pendulum-v1", "--run-dir", str(tmp_path / "bad")]) == 2
+    assert "GFlowNet environments: rl_energy/HyperGrid-v0" in capsys.readouterr().err
