@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from rl_energy.envs.bubble import OBS_SCALE
-from rl_energy.envs.bubble_dynamics import BubbleParams, bjerknes_force_linear
 from tensordict import TensorDict
 
 from rl_energy.agent import Agent
 from rl_energy.config import require
+from rl_energy.envs.bubble import OBS_SCALE
+from rl_energy.envs.bubble_dynamics import BubbleParams, bjerknes_force_linear
 from rl_energy.registry import register_agent
 
 LOWEST_REACHABLE = 0.125

@@ -36,11 +36,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from rl_energy.envs.dag import DAGEnv
 from torch import nn
 
 from rl_energy.agent import Agent, assert_finite
 from rl_energy.config import ConfigError, require
+from rl_energy.envs.dag import DAGEnv
 from rl_energy.nets import mlp
 from rl_energy.optim import adam
 from rl_energy.registry import register_agent

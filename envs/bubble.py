@@ -34,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
+
 from rl_energy.envs.bubble_dynamics import OK, STATUS_NAMES, BubbleParams, integrate
 
 OBS_SCALE = 0.25

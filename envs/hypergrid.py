@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import torch
+
 from rl_energy.envs.dag import DAGEnv, DAGGymEnv
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+
 from rl_energy.envs.dag import DAGEnv, DAGGymEnv
 
 SIZES = {"small": (30, 20), "medium": (80, 60), "large": (100, 80)}

@@ -25,10 +25,10 @@ import time
 
 import gymnasium as gym
 import numpy as np
-from rl_energy.envs.bubble import PA_PER_BAR, BubblePositionEnv
-from rl_energy.envs.bubble_dynamics import BubbleParams, _rhs
 
 import rl_energy  # noqa: F401  (registers rl_energy/BubblePosition-v0)
+from rl_energy.envs.bubble import PA_PER_BAR, BubblePositionEnv
+from rl_energy.envs.bubble_dynamics import BubbleParams, _rhs
 
 
 def single_env_rate(env: BubblePositionEnv, actions: np.ndarray) -> float:

@@ -30,7 +30,6 @@ def time_ours(ndim: int, height: int, batch: int, hidden: int, iterations: int, 
     """Seconds per 1k trajectories of rl-energy's TB agent (the loop of ``rl-energy train --agent tb``)."""
     from rl_energy.agents.gflownet import GFlowNetConfig, TBGFlowNet
     from rl_energy.envs.hypergrid import HyperGrid
-
     from rl_energy.trajectories import sample_trajectories
 
     torch.manual_seed(seed)

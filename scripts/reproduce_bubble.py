@@ -27,10 +27,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from rl_energy.agents.bubble_linear import LOWEST_REACHABLE, equilibrium_amplitudes
-from rl_energy.envs.bubble import BubblePositionVectorEnv
 
 import rl_energy  # noqa: F401  (registers rl_energy/BubblePosition-v0)
+from rl_energy.agents.bubble_linear import LOWEST_REACHABLE, equilibrium_amplitudes
+from rl_energy.envs.bubble import BubblePositionVectorEnv
 from rl_energy.trainer import load_trained_agent
 
 PAPER_CLAIM = "up to 7x faster than the linear theory (arXiv 2312.05674 abstract)"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from rl_energy.envs.bubble_dynamics import (
     COLLAPSE,
     NON_FINITE,

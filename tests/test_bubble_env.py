@@ -4,9 +4,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from rl_energy.envs.bubble import OBS_SCALE, BubblePositionEnv, BubblePositionVectorEnv
 
 import rl_energy  # noqa: F401  (registers the rl_energy/ namespace)
+from rl_energy.envs.bubble import OBS_SCALE, BubblePositionEnv, BubblePositionVectorEnv
 
 ENV_ID = "rl_energy/BubblePosition-v0"
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from rl_energy.agents.bubble_linear import BubbleLinear, BubbleLinearConfig, equilibrium_amplitudes
 from rl_energy.envs.bubble import OBS_SCALE, BubblePositionEnv
 from rl_energy.envs.bubble_dynamics import bjerknes_force_linear

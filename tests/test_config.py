@@ -1,7 +1,7 @@
 import pytest
 import yaml
-from rl_energy.agents.sac import SACConfig
 
+from rl_energy.agents.sac import SACConfig
 from rl_energy.config import ConfigError, parse_override, resolve_config
 
 

@@ -5,8 +5,9 @@ import math
 import gymnasium as gym
 import pytest
 import torch
-from rl_energy.agents.ebflow import EBFlow, EBFlowConfig
 from tensordict import TensorDict
+
+from rl_energy.agents.ebflow import EBFlow, EBFlowConfig
 
 
 def make_agent(obs_dim=5, action_dim=3, **overrides) -> EBFlow:

@@ -6,6 +6,7 @@ import gymnasium as gym
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+
 from rl_energy.agents.gflownet import (
     FLDBGFlowNet,
     GFlowNetConfig,
@@ -15,16 +16,15 @@ from rl_energy.agents.gflownet import (
     subtrajectory_balance_loss,
     trajectory_balance_loss,
 )
-from rl_energy.envs.dag import DAGEnv
-from rl_energy.envs.hypergrid import HyperGrid
-from rl_energy.envs.set_generation import SetGeneration, element_energies
-
 from rl_energy.analysis.gflownet import (
     empirical_distribution,
     exact_terminal_distribution,
     l1_distance,
 )
 from rl_energy.config import ConfigError, resolve_config
+from rl_energy.envs.dag import DAGEnv
+from rl_energy.envs.hypergrid import HyperGrid
+from rl_energy.envs.set_generation import SetGeneration, element_energies
 from rl_energy.registry import get_agent
 from rl_energy.trainer import TrajectoryTrainer
 from rl_energy.trajectories import sample_trajectories, truncate_trajectories

@@ -4,8 +4,8 @@ import csv
 
 import pytest
 import torch
-from rl_energy.agents.sac import SAC
 
+from rl_energy.agents.sac import SAC
 from rl_energy.checkpoint import load_checkpoint
 from rl_energy.trainer import Trainer, TrainingError
 from tests.conftest import quick_config
@@ -42,6 +42,7 @@ def test_truncation_stores_true_final_obs_and_termination_flags(tmp_path, num_en
 
 def test_sac_target_bootstraps_on_truncation_not_on_termination():
     import gymnasium as gym
+
     from rl_energy.agents.sac import SACConfig
 
     box = gym.spaces.Box(-1, 1, (2,))
