@@ -73,6 +73,9 @@ class GFlowNetConfig:
     eval_samples: int = 2048
     """Trajectories sampled on-policy at each evaluation (top-k reward, modes)."""
     top_k: int = 100
+    probe_samples: int = 0
+    """On-policy trajectories sampled after every update for ``top_k_found``, the mean reward of the best
+    ``top_k`` distinct objects among all probes so far (the FL-DB paper's set metric, 16 per step)."""
 
     def validate(self) -> None:
         require(self, "hidden", bool(self.hidden) and min(self.hidden) >= 1, "a list of positive widths")
@@ -85,6 +88,7 @@ class GFlowNetConfig:
         require(self, "truncate", 0.0 <= self.truncate <= 1.0, "in [0, 1]")
         require(self, "eval_samples", self.eval_samples >= 1, ">= 1")
         require(self, "top_k", self.top_k >= 1, ">= 1")
+        require(self, "probe_samples", self.probe_samples >= 0, ">= 0")
 
 
 @dataclass

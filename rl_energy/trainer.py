@@ -442,7 +442,9 @@ class TrajectoryTrainer(RunLoop):
     ``learning_starts``, ``utd``, ``num_envs``, ``eval_episodes``) do not apply. Each evaluation
     (:func:`rl_energy.analysis.gflownet.sampler_metrics`) logs the exact L1 and JSD to ``R/Z`` on
     enumerable envs, the log-partition error, and the top-k reward of ``agent.eval_samples`` on-policy
-    samples; ``modes_found`` counts the distinct modes among all training samples so far.
+    samples; ``modes_found`` counts the distinct modes among all training samples so far, and with
+    ``agent.probe_samples > 0`` ``top_k_found`` is the FL-DB paper's set metric: the mean reward of the
+    best ``top_k`` distinct objects among all on-policy probe samples drawn after each update.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
@@ -472,6 +474,8 @@ class TrajectoryTrainer(RunLoop):
         self.last_eval: dict[str, float] = {}
         self.last_metrics: dict[str, torch.Tensor] = {}
         self.modes_seen: set[int] = set()
+        self.probe_log_rewards: dict[int, float] = {}
+        """Distinct objects of the probe samples (state index -> log R)."""
         self._track_modes = self.dag.is_mode(self.dag.initial_states(1)) is not None
         resume_step = None
         if resume:
@@ -485,6 +489,7 @@ class TrajectoryTrainer(RunLoop):
             "step": self.step, "updates": self.updates, "wall_time": self.wall_time, "resumes": self.resumes,
             "last_log_step": self.last_log_step, "last_eval_step": self.last_eval_step,
             "last_eval": dict(self.last_eval), "modes_seen": sorted(self.modes_seen),
+            "probes": [list(self.probe_log_rewards), list(self.probe_log_rewards.values())],
             "agent": self.agent.checkpoint_state(), "rng": self._rng_state(),
         }
 
@@ -498,9 +503,22 @@ class TrajectoryTrainer(RunLoop):
         for key in ("step", "updates", "wall_time", "last_log_step", "last_eval_step", "last_eval"):
             setattr(self, key, state[key])
         self.modes_seen = set(state["modes_seen"])
+        self.probe_log_rewards = dict(zip(*state["probes"], strict=True))
         self.resumes = state["resumes"] + 1
         self.last_ckpt_step = self.step
         self._restore_rng(state["rng"])
+
+    def _probe(self, n: int) -> None:
+        from rl_energy.trajectories import sample_trajectories
+
+        x = sample_trajectories(self.dag, self.agent.forward_logits, n).terminal_states()
+        self.probe_log_rewards.update(zip(self.dag.state_index(x).tolist(), self.dag.log_reward(x).tolist(),
+                                          strict=True))
+
+    def top_k_found(self) -> float:
+        """Mean ``R`` of the best ``agent.top_k`` distinct probe samples so far."""
+        log_r = torch.tensor(list(self.probe_log_rewards.values()), dtype=torch.float64)
+        return float(log_r.topk(min(self.agent.config.top_k, len(log_r))).values.exp().mean())
 
     def evaluate(self) -> dict[str, float]:
         from rl_energy.analysis.gflownet import sampler_metrics
@@ -508,6 +526,8 @@ class TrajectoryTrainer(RunLoop):
         out = sampler_metrics(self.agent, self.dag, self.agent.config.eval_samples, self.agent.config.top_k)
         if self._track_modes:
             out["modes_found"] = float(len(self.modes_seen))
+        if self.probe_log_rewards:
+            out["top_k_found"] = self.top_k_found()
         return out
 
     def train(self) -> dict[str, float]:
@@ -538,6 +558,8 @@ class TrajectoryTrainer(RunLoop):
                     x = trajs.terminal_states()
                     self.modes_seen.update(dag.state_index(x[dag.is_mode(x)]).tolist())
                 self.last_metrics = agent.update(truncate_trajectories(trajs, c.truncate))
+                if c.probe_samples:
+                    self._probe(c.probe_samples)
             except NonFiniteError as exc:
                 self.wall_time = time.perf_counter() - start_time
                 self.save()
@@ -556,6 +578,8 @@ class TrajectoryTrainer(RunLoop):
                 row.update({k: float(v) for k, v in self.last_metrics.items()})
                 if self._track_modes:
                     row["modes_found"] = float(len(self.modes_seen))
+                if self.probe_log_rewards:
+                    row["top_k_found"] = self.top_k_found()
                 if due_eval:
                     self.last_eval = self.evaluate()
                     self.last_eval_step = self.step

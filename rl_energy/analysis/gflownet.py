@@ -77,7 +77,7 @@ def empirical_distribution(dag: DAGEnv, terminal_states: torch.Tensor) -> torch.
     return counts / counts.sum()
 
 
-EVAL_COLUMNS = ("l1", "jsd", "log_z_error", "top_k_reward", "mean_log_reward", "modes_found")
+EVAL_COLUMNS = ("l1", "jsd", "log_z_error", "top_k_reward", "mean_log_reward", "modes_found", "top_k_found")
 """``progress.csv`` columns of a GFlowNet evaluation (besides the agent's loss and ``log_z``)."""
 
 
@@ -118,7 +118,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
     parts = []
     for key, label, fmt in (("l1", "L1 (exact, summed)", ".4f"), ("jsd", "JSD", ".5f"),
                             ("log_z_error", "|log Z error|", ".4f"), ("top_k_reward", "top-k mean reward", ".4g"),
-                            ("mean_log_reward", "mean log R", ".3f"), ("modes_found", "modes found", ".0f")):
+                            ("mean_log_reward", "mean log R", ".3f"), ("modes_found", "modes found", ".0f"),
+                            ("top_k_found", "top-k found (probes)", ".4g")):
         if key in metrics:
             parts.append(f"{label} {metrics[key]:{fmt}}")
     return " | ".join(parts)
