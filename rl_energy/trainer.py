@@ -177,6 +177,15 @@ class RunLoop:
         t.matmul_precision = resolve_matmul_precision(t.matmul_precision, self.device)  # config.yaml says what ran
         self._seed_everything(t.seed)
         self._signal: int | None = None
+        # loop state shared by every loop (all of it goes into the checkpoint)
+        self.step = 0
+        self.updates = 0
+        self.wall_time = 0.0
+        self.resumes = 0
+        self.last_log_step = 0
+        self.last_eval_step = -1
+        self.last_ckpt_step = 0
+        self.last_metrics: dict[str, torch.Tensor] = {}
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -196,6 +205,23 @@ class RunLoop:
         if self._signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self._signal = signum
+
+    def train(self) -> Any:
+        """Run ``_train`` under a progress display with signals caught; close logs (and ``_close``) after."""
+        console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
+        try:
+            with self._signals_caught():
+                return self._train(console)
+        finally:
+            console.close()
+            self.logger.close()
+            self._close()
+
+    def _train(self, console: Console) -> Any:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release what the loop owns besides its logs (envs)."""
 
     @contextmanager
     def _signals_caught(self) -> Iterator[None]:
@@ -226,18 +252,9 @@ class Trainer(RunLoop):
         obs_shape = self.envs.single_observation_space.shape
         self.buffer = ReplayBuffer(t.buffer_size, t.num_envs, obs_shape, self.action_dim, self.device, seed=t.seed)
 
-        # loop state (all of it goes into the checkpoint)
-        self.step = 0
         self.episodes = 0
-        self.updates = 0
         self.update_debt = 0.0
-        self.wall_time = 0.0
-        self.resumes = 0
-        self.last_log_step = 0
-        self.last_eval_step = -1
-        self.last_ckpt_step = 0
         self.last_eval: EvalResult | None = None
-        self.last_metrics: dict[str, torch.Tensor] = {}
         self._recent_returns: list[float] = []
         self._recent_lengths: list[int] = []
         self.timing: dict[str, float] = {}
@@ -300,15 +317,11 @@ class Trainer(RunLoop):
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> EvalResult:
         """Run until ``train.total_steps``; return the final deterministic evaluation."""
-        console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
-        try:
-            with self._signals_caught():
-                return self._train(console)
-        finally:
-            console.close()
-            self.logger.close()
-            self.envs.close()
-            self.eval_envs.close()
+        return super().train()
+
+    def _close(self) -> None:
+        self.envs.close()
+        self.eval_envs.close()
 
     def _train(self, console: Console) -> EvalResult:
         t = self.cfg.train
@@ -464,15 +477,7 @@ class TrajectoryTrainer(RunLoop):
                               f"'{cfg.env_id}' is not one. GFlowNet environments: {', '.join(GFLOWNET_ENV_IDS)}")
         self.dag = dag.to(self.device)
         self.agent: Agent = get_agent(cfg.agent_name).cls(self.dag, cfg.agent, self.device)
-        self.step = 0
-        self.updates = 0
-        self.wall_time = 0.0
-        self.resumes = 0
-        self.last_log_step = 0
-        self.last_eval_step = -1
-        self.last_ckpt_step = 0
         self.last_eval: dict[str, float] = {}
-        self.last_metrics: dict[str, torch.Tensor] = {}
         self.modes_seen: set[int] = set()
         self.probe_log_rewards: dict[int, float] = {}
         """Distinct objects of the probe samples (state index -> log R)."""
@@ -532,13 +537,7 @@ class TrajectoryTrainer(RunLoop):
 
     def train(self) -> dict[str, float]:
         """Run until ``train.total_steps`` trajectories; return the final evaluation."""
-        console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
-        try:
-            with self._signals_caught():
-                return self._train(console)
-        finally:
-            console.close()
-            self.logger.close()
+        return super().train()
 
     def _train(self, console: Console) -> dict[str, float]:
         from rl_energy.trajectories import sample_trajectories, truncate_trajectories
