@@ -207,7 +207,9 @@ class RunLoop:
         self._signal = signum
 
     def train(self) -> Any:
-        """Run ``_train`` under a progress display with signals caught; close logs (and ``_close``) after."""
+        """Run until ``train.total_steps`` under a progress display with signals caught, close the logs
+        (and ``_close``), and return the final evaluation (an :class:`EvalResult` for :class:`Trainer`,
+        the metrics dict for :class:`TrajectoryTrainer`)."""
         console = Console(self.cfg.train.total_steps, self.step, enabled=self.verbose)
         try:
             with self._signals_caught():
@@ -218,6 +220,16 @@ class RunLoop:
             self._close()
 
     def _train(self, console: Console) -> Any:
+        raise NotImplementedError
+
+    def _stop_if_signalled(self, start_time: float) -> None:
+        """After SIGINT/SIGTERM: checkpoint and raise :class:`TrainingInterrupted`."""
+        if self._signal is not None:
+            self.wall_time = time.perf_counter() - start_time
+            self.save()
+            raise TrainingInterrupted(self.step, self._signal, self.run_dir)
+
+    def save(self) -> None:
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -315,10 +327,6 @@ class Trainer(RunLoop):
         self.buffer.close_stream(state["last_obs"].numpy())
 
     # ---------------------------------------------------------------------------------------- loop
-    def train(self) -> EvalResult:
-        """Run until ``train.total_steps``; return the final deterministic evaluation."""
-        return super().train()
-
     def _close(self) -> None:
         self.envs.close()
         self.eval_envs.close()
@@ -335,10 +343,7 @@ class Trainer(RunLoop):
         agent, buffer = self.agent, self.buffer
 
         while self.step < t.total_steps:
-            if self._signal is not None:
-                self.wall_time = time.perf_counter() - start_time
-                self.save()
-                raise TrainingInterrupted(self.step, self._signal, self.run_dir)
+            self._stop_if_signalled(start_time)
             try:
                 if self.step < t.learning_starts:
                     action = self.rng.uniform(-1.0, 1.0, size=(n, self.action_dim)).astype(np.float32)
@@ -535,10 +540,6 @@ class TrajectoryTrainer(RunLoop):
             out["top_k_found"] = self.top_k_found()
         return out
 
-    def train(self) -> dict[str, float]:
-        """Run until ``train.total_steps`` trajectories; return the final evaluation."""
-        return super().train()
-
     def _train(self, console: Console) -> dict[str, float]:
         from rl_energy.trajectories import sample_trajectories, truncate_trajectories
 
@@ -547,10 +548,7 @@ class TrajectoryTrainer(RunLoop):
         start_time = time.perf_counter() - self.wall_time
         last_row_time, last_row_step = time.perf_counter(), self.step
         while self.step < t.total_steps:
-            if self._signal is not None:
-                self.wall_time = time.perf_counter() - start_time
-                self.save()
-                raise TrainingInterrupted(self.step, self._signal, self.run_dir)
+            self._stop_if_signalled(start_time)
             try:
                 trajs = sample_trajectories(dag, agent.forward_logits, t.batch_size, c.epsilon)
                 if self._track_modes:
