@@ -14,10 +14,15 @@ ENV_SPECS: dict[str, dict] = {
         "entry_point": "rl_energy.envs.bubble:BubblePositionEnv",
         "vector_entry_point": "rl_energy.envs.bubble:BubblePositionVectorEnv",
     },
+    "rl_energy/Baird-v0": {"entry_point": "rl_energy.envs.baird:BairdEnv", "max_episode_steps": 1000},
     "rl_energy/HyperGrid-v0": {"entry_point": "rl_energy.envs.hypergrid:HyperGridEnv"},
     "rl_energy/SetGeneration-v0": {"entry_point": "rl_energy.envs.set_generation:SetGenerationEnv"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
+
+LINEAR_MDP_ENV_IDS = ("rl_energy/Baird-v0",)
+"""The envs whose ``unwrapped.linear_mdp()`` gives a :class:`rl_energy.analysis.td_stability.LinearMDP`
+(for ``rl-energy analyze td``)."""
 
 GFLOWNET_ENV_IDS = ("rl_energy/HyperGrid-v0", "rl_energy/SetGeneration-v0")
 """The envs whose ``unwrapped.dag`` is a :class:`rl_energy.envs.dag.DAGEnv` (for GFlowNet agents)."""

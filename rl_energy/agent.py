@@ -2,8 +2,9 @@
 
 An agent is built from ``(observation_space, action_space, config, device)``. It acts on batches of
 observations and learns from batches of transitions; it never steps an environment or writes a file
-(the :class:`~rl_energy.trainer.Trainer` does both). Actions are always in ``[-1, 1]^A``: the trainer
-rescales them to the environment's bounds.
+(the :class:`~rl_energy.trainer.Trainer` does both). Continuous actions are always in ``[-1, 1]^A``
+(the trainer rescales them to the environment's bounds); agents with ``discrete_actions`` act with
+action indices.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class Agent(nn.Module):
     actions: :class:`~rl_energy.trainer.Trainer`) or ``trajectories`` (whole trajectories through a
     GFlowNet DAG: :class:`~rl_energy.trainer.TrajectoryTrainer`, which builds the agent from the DAG)."""
 
+    discrete_actions: ClassVar[bool] = False
+    """With ``collection = "steps"``: True for agents of ``Discrete`` action spaces (``act`` returns int64
+    indices ``[B]``; the buffer's ``action`` column holds them as floats ``[B, 1]``), False for ``Box``
+    ones (actions in ``[-1, 1]^A``)."""
+
     def __init__(
         self,
         observation_space: gym.Space,
@@ -97,12 +103,17 @@ class Agent(nn.Module):
     ) -> None:
         super().__init__()
         if self.collection == "steps":
-            if not isinstance(action_space, gym.spaces.Box):
-                raise TypeError(f"{type(self).__name__} needs a continuous (Box) action space, got {action_space}")
+            space_cls = gym.spaces.Discrete if self.discrete_actions else gym.spaces.Box
+            if not isinstance(action_space, space_cls):
+                raise TypeError(f"{type(self).__name__} needs a {space_cls.__name__} action space, got {action_space}")
             if not isinstance(observation_space, gym.spaces.Box):
                 raise TypeError(f"{type(self).__name__} needs a Box observation space, got {observation_space}")
             self.obs_dim = int(torch.tensor(observation_space.shape).prod())
-            self.action_dim = int(torch.tensor(action_space.shape).prod())
+            if self.discrete_actions:
+                self.n_actions = int(action_space.n)
+                self.action_dim = 1  # the replay buffer stores the action index
+            else:
+                self.action_dim = int(torch.tensor(action_space.shape).prod())
         self.config = config
         self.device = torch.device(device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -110,7 +121,8 @@ class Agent(nn.Module):
         """Gradient steps taken so far (a Python int: reading it costs no device sync)."""
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions in ``[-1, 1]`` for a batch of observations (no gradient)."""
+        """Actions in ``[-1, 1]`` (or int64 indices with ``discrete_actions``) for a batch of observations
+        (no gradient)."""
         raise NotImplementedError
 
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The ``rl-energy`` command line: train, evaluate, list, plot.
+"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze.
 
 User errors (unknown names, bad config values, missing run directories) print one line to stderr
 and exit with status 2, never a traceback.
@@ -58,7 +58,57 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--column", default="eval_return_mean", help="progress.csv column to plot")
     pl.add_argument("--band", choices=["minmax", "ci95"], default="minmax",
                     help="spread over seeds: min-max, or 95%% bootstrap CI of the mean")
+
+    an = sub.add_parser("analyze", help="analyses: `analyze td` (TD / target-network stability of a linear MDP)")
+    an_sub = an.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    td = an_sub.add_parser(
+        "td", help="expected-update matrices, PFPE spectral radius, condition function, expected and sampled runs",
+        description="Stability of TD with a target network refreshed every k updates (PFPE; Fellows et al. "
+                    "2023) on an env exposing a linear MDP (unwrapped.linear_mdp()): prints a table per k "
+                    "and writes value_error.png and spectral_radius.png.")
+    td.add_argument("--env", dest="env_id", required=True, help="e.g. rl_energy/Baird-v0")
+    td.add_argument("--alpha", type=float, default=0.01, help="step size")
+    td.add_argument("--k", default="1,10,100,500", help="comma-separated target periods")
+    td.add_argument("--updates", type=int, default=50_000, help="updates of each expected and sampled run")
+    td.add_argument("--seeds", type=int, default=5, help="sampled runs per k")
+    td.add_argument("--out", help="folder for the figures (default runs/analysis/<env>)")
     return parser
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+
+    from rl_energy.analysis.td_stability import format_report, td_report, write_figures
+    from rl_energy.config import ConfigError
+    from rl_energy.envs import LINEAR_MDP_ENV_IDS
+    from rl_energy.registry import check_env_id
+
+    check_env_id(args.env_id)
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--k must list target periods >= 1, got {args.k!r}")
+    if not (args.alpha > 0 and np.isfinite(args.alpha)):
+        raise ConfigError(f"--alpha must be a positive step size, got {args.alpha}")
+    if args.updates < 1 or args.seeds < 1:
+        raise ConfigError("--updates and --seeds must be >= 1")
+    env = gym.make(args.env_id)
+    if not hasattr(env.unwrapped, "linear_mdp"):
+        env.close()
+        raise ConfigError(f"environment '{args.env_id}' exposes no linear MDP (unwrapped.linear_mdp()); "
+                          f"the TD analysis supports: {', '.join(LINEAR_MDP_ENV_IDS)}")
+    mdp = env.unwrapped.linear_mdp()
+    w0 = np.asarray(getattr(env.unwrapped, "init_weights", np.zeros(mdp.features.shape[1])), dtype=np.float64)
+    env.close()
+    rows = td_report(mdp, args.alpha, ks, w0, args.updates, args.seeds)
+    print(format_report(rows, mdp, args.alpha, args.updates, args.env_id))
+    out = Path(args.out) if args.out else Path("runs") / "analysis" / args.env_id.replace("/", "__")
+    for path in write_figures(rows, mdp, args.alpha, out):
+        print(f"wrote {path}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -220,7 +270,7 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "analyze": _analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

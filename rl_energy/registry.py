@@ -17,7 +17,7 @@ import gymnasium as gym
 
 from rl_energy.config import ConfigError
 
-AGENT_MODULES = ("sac", "ddpg", "ebflow", "bubble_linear", "gflownet")
+AGENT_MODULES = ("sac", "ddpg", "ebflow", "bubble_linear", "gflownet", "pfpe")
 """Modules of ``rl_energy.agents`` imported to fill the registry."""
 
 

@@ -34,7 +34,7 @@ from rl_energy.checkpoint import has_checkpoint, load_checkpoint, save_checkpoin
 from rl_energy.config import ConfigError, RunConfig
 from rl_energy.logger import Console, RunLogger
 from rl_energy.nets import resolve_matmul_precision, set_matmul_precision
-from rl_energy.registry import check_env_id, get_agent
+from rl_energy.registry import agent_specs, check_env_id, get_agent
 
 
 class TrainingInterrupted(Exception):
@@ -69,11 +69,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) -> gym.vector.VectorEnv:
-    """A vector env in ``NEXT_STEP`` autoreset mode with actions rescaled to [-1, 1]: the env's own
-    vector implementation where it registers one (``vector_entry_point``, e.g. the bubble env's single
-    kernel call for all sub-envs), else a synchronous one."""
+    """A vector env in ``NEXT_STEP`` autoreset mode with Box actions rescaled to [-1, 1] (Discrete ones
+    are left as they are): the env's own
+    vector implementation where an rl_energy env registers one (``vector_entry_point``, e.g. the bubble
+    env's single kernel call for all sub-envs), else a synchronous one (Gymnasium's own vector classes,
+    such as CartPole's, take one reset seed and are not used)."""
     check_env_id(env_id)
-    if gym.spec(env_id).vector_entry_point is not None:
+    if env_id.startswith("rl_energy/") and gym.spec(env_id).vector_entry_point is not None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
         mode = envs.metadata.get("autoreset_mode")
         if mode != gym.vector.AutoresetMode.NEXT_STEP:
@@ -88,10 +90,12 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) 
             **(env_kwargs or {}),
         )
     space = envs.single_action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return envs  # index actions (agents with ``discrete_actions``); build_agent checks the match
     if not isinstance(space, gym.spaces.Box):
         envs.close()
         raise ConfigError(f"environment '{env_id}' has a {type(space).__name__} action space; "
-                          "the off-policy agents need a continuous (Box) one")
+                          "rl-energy's step-collecting agents need a Box or a Discrete one")
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         envs.close()
         raise ConfigError(f"environment '{env_id}' has unbounded actions; cannot rescale them to [-1, 1]")
@@ -111,8 +115,16 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
     if not isinstance(obs_space, gym.spaces.Box):
         raise ConfigError(f"environment '{cfg.env_id}' has a {type(obs_space).__name__} observation space; "
                           f"agent '{cfg.agent_name}' needs a Box one")
-    unit = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
-    agent = spec.cls(obs_space, unit, cfg.agent, device)
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if discrete != spec.cls.discrete_actions:
+        kind = "Discrete" if spec.cls.discrete_actions else "continuous (Box)"
+        fitting = [name for name, s in agent_specs().items()
+                   if s.cls.collection == "steps" and s.cls.trainable and s.cls.discrete_actions == discrete]
+        raise ConfigError(f"agent '{cfg.agent_name}' needs {kind} actions; environment '{cfg.env_id}' has "
+                          f"{action_space}. Agents for it: {', '.join(fitting)}")
+    if not discrete:
+        action_space = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
+    agent = spec.cls(obs_space, action_space, cfg.agent, device)
     set_matmul_precision(agent, resolve_matmul_precision(cfg.train.matmul_precision, device))
     if cfg.train.compile:
         cfg.train.compile = agent.compile_update()  # config.yaml, the header and the timings say what ran
@@ -345,7 +357,9 @@ class Trainer(RunLoop):
         while self.step < t.total_steps:
             self._stop_if_signalled(start_time)
             try:
-                if self.step < t.learning_starts:
+                if self.step < t.learning_starts and agent.discrete_actions:
+                    action = self.rng.integers(agent.n_actions, size=n)
+                elif self.step < t.learning_starts:
                     action = self.rng.uniform(-1.0, 1.0, size=(n, self.action_dim)).astype(np.float32)
                 else:
                     obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
