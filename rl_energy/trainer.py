@@ -126,6 +126,8 @@ def build_agent(cfg: RunConfig, observation_space: gym.Space, action_space: gym.
         action_space = gym.spaces.Box(-1.0, 1.0, shape=action_space.shape, dtype=np.float32)
     agent = spec.cls(obs_space, action_space, cfg.agent, device)
     set_matmul_precision(agent, resolve_matmul_precision(cfg.train.matmul_precision, device))
+    if not any(getattr(m, "bf16", False) for m in agent.modules()):
+        cfg.train.matmul_precision = "fp32"  # every network keeps float32 (e.g. PFPE's): say what runs
     if cfg.train.compile:
         cfg.train.compile = agent.compile_update()  # config.yaml, the header and the timings say what ran
     return agent

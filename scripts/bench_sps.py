@@ -1,7 +1,9 @@
 """Training throughput (env steps per second) of an rl-energy agent beside Stable-Baselines3.
 
-The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents) or SB3's DDPG (for
-``--agent ddpg``). Both run in this process on the same env with the same hyperparameters (batch 256,
+The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents), SB3's DDPG (for
+``--agent ddpg``) or SB3's DQN (for ``--agent pfpe``, a discrete-action env such as CartPole-v1, with the
+PFPE paper's settings instead: 32x32 nets, batch 500, replay 2,500, one update per 5 env steps, a hard
+target every 5 updates, ε = 0.05). Both run in this process on the same env with the same hyperparameters (batch 256,
 256x256 nets, one gradient step per env step, learning starts 1000, 1M-slot replay; SAC: lr 3e-4,
 automatic entropy; DDPG: lr 1e-3, Gaussian noise 0.1), alternating ours/SB3, ``--repeats`` times.
 Our matrix products run at ``train.matmul_precision`` (``auto``: bfloat16 inputs with float32
@@ -11,6 +13,7 @@ step), so construction, the random warm-up and evaluation are excluded for both.
 repeats is reported; the last line is ``<agent>/sb3-<ref> SPS ratio: X``.
 
     python scripts/bench_sps.py --env Ant-v4 --agent sac
+    python scripts/bench_sps.py --env CartPole-v1 --agent pfpe --steps 20000
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
     if agent == "sac":
         overrides += ["agent.hidden=[256,256]", "agent.actor_lr=3e-4", "agent.critic_lr=3e-4",
                       "agent.alpha_lr=3e-4", "agent.tau=0.005", "agent.gamma=0.99", "agent.autotune=true"]
+    elif agent == "pfpe":  # DQN with the paper's CartPole settings (configs/pfpe/default.yaml)
+        overrides += ["train.batch_size=500", "train.buffer_size=2500", "train.utd=0.2", "agent.mode=control",
+                      "agent.hidden=[32,32]", "agent.lr=1e-3", "agent.target_update=hard", "agent.target_period=5",
+                      "agent.epsilon=0.05", "agent.gamma=0.99"]
     elif agent == "ddpg":
         overrides += ["agent.hidden=[256,256]", "agent.actor_lr=1e-3", "agent.critic_lr=1e-3",
                       "agent.tau=0.005", "agent.gamma=0.99", "agent.exploration_noise=0.1"]
@@ -61,12 +68,12 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
 
 
 def reference_name(agent: str) -> str:
-    return "ddpg" if agent == "ddpg" else "sac"
+    return {"ddpg": "ddpg", "pfpe": "dqn"}.get(agent, "sac")
 
 
 def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int) -> float:
     import numpy as np
-    from stable_baselines3 import DDPG, SAC
+    from stable_baselines3 import DDPG, DQN, SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.noise import NormalActionNoise
 
@@ -83,7 +90,12 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int) -> f
     common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99,
                   train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed,
                   verbose=0)
-    if ref == "sac":
+    if ref == "dqn":  # 5 env steps per update; SB3 counts the target period in env steps: k = 5 updates
+        model = DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=2500, learning_starts=learning_starts,
+                    batch_size=500, tau=1.0, gamma=0.99, train_freq=5, gradient_steps=1, target_update_interval=25,
+                    exploration_initial_eps=0.05, exploration_final_eps=0.05,
+                    policy_kwargs={"net_arch": [32, 32]}, device="cpu", seed=seed, verbose=0)
+    elif ref == "sac":
         model = SAC("MlpPolicy", env, learning_rate=3e-4, ent_coef="auto", **common)
     else:
         dim = env.action_space.shape[0]
