@@ -15,6 +15,12 @@ ENV_SPECS: dict[str, dict] = {
         "vector_entry_point": "rl_energy.envs.bubble:BubblePositionVectorEnv",
     },
     "rl_energy/Baird-v0": {"entry_point": "rl_energy.envs.baird:BairdEnv", "max_episode_steps": 1000},
+    "rl_energy/PointMaze-Open-v0": {"entry_point": "rl_energy.envs.point_maze:PointMazeEnv",
+                                    "max_episode_steps": 30, "kwargs": {"maze": "open"}},
+    "rl_energy/PointMaze-UMaze-v0": {"entry_point": "rl_energy.envs.point_maze:PointMazeEnv",
+                                     "max_episode_steps": 30, "kwargs": {"maze": "umaze"}},
+    "rl_energy/PointMaze-MultiRoom-v0": {"entry_point": "rl_energy.envs.point_maze:PointMazeEnv",
+                                         "max_episode_steps": 30, "kwargs": {"maze": "multiroom"}},
     "rl_energy/HyperGrid-v0": {"entry_point": "rl_energy.envs.hypergrid:HyperGridEnv"},
     "rl_energy/SetGeneration-v0": {"entry_point": "rl_energy.envs.set_generation:SetGenerationEnv"},
 }

@@ -109,6 +109,10 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> TensorDict:
         """A uniform batch of valid transitions with keys obs, action, reward, next_obs, terminated."""
+        return self._gather(self._sample_slots(batch_size))
+
+    def _sample_slots(self, batch_size: int) -> torch.Tensor:
+        """Slot indices of ``batch_size`` uniformly drawn valid transitions."""
         n = len(self)
         if n == 0:
             raise RuntimeError("cannot sample from a replay buffer with no complete transition")
@@ -127,6 +131,10 @@ class ReplayBuffer:
             redraw = torch.randint(n, (int(bad.sum()),), generator=self.generator, device=self.device)
             idx[bad] = (start + redraw) % self.capacity
             valid = s["valid"].index_select(0, idx)
+        return idx
+
+    def _gather(self, idx: torch.Tensor) -> TensorDict:
+        s = self.storage
         next_idx = (idx + self.num_envs) % self.capacity
         obs = s["obs"]
         return TensorDict(
@@ -137,7 +145,7 @@ class ReplayBuffer:
                 "next_obs": obs.index_select(0, next_idx),
                 "terminated": s["terminated"].index_select(0, idx),
             },
-            batch_size=[batch_size],
+            batch_size=[len(idx)],
         )
 
     @property
@@ -168,3 +176,80 @@ class ReplayBuffer:
         self.generator.set_state(state["generator"])
         for key, value in state["storage"].items():
             self.storage[key][: value.shape[0]] = value.to(self.device)
+
+
+class HERReplayBuffer(ReplayBuffer):
+    """:class:`ReplayBuffer` with hindsight relabelling (Andrychowicz et al. 2017, the ``future`` strategy).
+
+    Observations are flattened goal observations (:class:`rl_energy.goals.GoalLayout`). A sampled
+    transition at time ``t`` is relabelled with probability ``her_ratio`` (0.8 is HER's ``k = 4``): its
+    desired goal, in ``obs`` and ``next_obs``, becomes the achieved goal of an observation drawn
+    uniformly from the same episode at times ``t+1 … T`` (``T``: the episode's final observation, or the
+    newest one while it runs), and its reward is recomputed by ``reward_fn(achieved, desired)`` (the
+    env's vectorised ``compute_reward``) at the next observation.
+
+    Each slot records the row holding its episode's final observation (``episode_end``), written when the
+    episode's autoreset slot arrives (``valid=False``; :meth:`close_stream` on resume ends them too).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        layout: Any,
+        reward_fn: Any,
+        her_ratio: float = 0.8,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(capacity, num_envs, obs_shape, action_dim, device, seed)
+        if not 0.0 <= her_ratio <= 1.0:
+            raise ValueError(f"her_ratio must be in [0, 1], got {her_ratio}")
+        self.layout, self.reward_fn, self.her_ratio = layout, reward_fn, her_ratio
+        self.storage["episode_end"] = torch.full((self.capacity,), -1, dtype=torch.long, device=self.device)
+        self.episode_start = np.zeros(num_envs, dtype=np.int64)
+        """Row of each env's current episode's first observation."""
+
+    def add(self, obs: Any, action: Any, reward: Any, terminated: Any, valid: Any) -> None:
+        row = self.row
+        super().add(obs, action, reward, terminated, valid)
+        self.storage["episode_end"][row * self.num_envs: (row + 1) * self.num_envs] = -1
+        ended = np.flatnonzero(~np.asarray(valid, dtype=bool))
+        for env in ended:  # ``obs`` is the final observation of the episode that began at episode_start
+            length = (row - self.episode_start[env]) % self.rows
+            rows = (self.episode_start[env] + torch.arange(length, device=self.device)) % self.rows
+            self.storage["episode_end"][rows * self.num_envs + int(env)] = row
+        self.episode_start[ended] = (row + 1) % self.rows
+
+    def sample(self, batch_size: int) -> TensorDict:
+        idx = self._sample_slots(batch_size)
+        batch = self._gather(idx)
+        relabel = torch.rand(batch_size, generator=self.generator, device=self.device) < self.her_ratio
+        if not bool(relabel.any()):
+            return batch
+        idx, batch_rel = idx[relabel], batch[relabel]
+        row, env = idx // self.num_envs, idx % self.num_envs
+        end = self.storage["episode_end"].index_select(0, idx)
+        end = torch.where(end < 0, (self.row - 1) % self.rows, end)  # the episode is still running
+        span = (end - row) % self.rows  # >= 1: the next observation is always there
+        u = torch.rand(len(idx), generator=self.generator, device=self.device)
+        offset = 1 + (u * span).long().clamp(max=span - 1)
+        future = ((row + offset) % self.rows) * self.num_envs + env
+        goal = self.storage["obs"].index_select(0, future)[:, self.layout.achieved]
+        obs, next_obs = batch_rel["obs"], batch_rel["next_obs"]
+        obs[:, self.layout.desired] = goal
+        next_obs[:, self.layout.desired] = goal
+        reward = self.reward_fn(next_obs[:, self.layout.achieved].cpu().numpy(), goal.cpu().numpy())
+        batch["obs"][relabel] = obs
+        batch["next_obs"][relabel] = next_obs
+        batch["reward"][relabel] = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "episode_start": torch.as_tensor(self.episode_start)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.episode_start = state["episode_start"].numpy().astype(np.int64)

@@ -34,6 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     tr.add_argument("--device", choices=["cpu", "cuda", "auto"], help="shorthand for train.device")
     tr.add_argument("--num-envs", type=int, help="shorthand for train.num_envs")
+    tr.add_argument("--curriculum", choices=["none", "uniform_box", "uniform_valid", "svgg"],
+                    help="goal curriculum for goal envs (shorthand for --set curriculum.name=NAME)")
     tr.add_argument("--quiet", action="store_true", help="no progress output except the final line")
 
     ev = sub.add_parser("evaluate", help="evaluate the last checkpoint of a run, or a controller with nothing "
@@ -120,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        if args.config or args.overrides or args.agent or args.env_id or args.seed is not None:
+        if args.config or args.overrides or args.agent or args.env_id or args.seed is not None or args.curriculum:
             raise ConfigError("--resume continues a run as configured; only --total-steps, --device "
                               "and --quiet may be given with it")
         saved = load_yaml_file(run_dir / "config.yaml")
@@ -140,7 +142,8 @@ def _train(args: argparse.Namespace) -> int:
         check_env_id(args.env_id)
         overrides = list(args.overrides)
         for flag, key in (("seed", "train.seed"), ("total_steps", "train.total_steps"),
-                          ("device", "train.device"), ("num_envs", "train.num_envs")):
+                          ("device", "train.device"), ("num_envs", "train.num_envs"),
+                          ("curriculum", "curriculum.name")):
             value = getattr(args, flag)
             if value is not None:
                 overrides.append(f"{key}={value}")

@@ -45,6 +45,11 @@ class TrainConfig:
     """Uniform random actions (and no updates) until this many transitions are collected."""
     utd: float = 1.0
     """Update-to-data ratio: gradient steps per collected transition."""
+    her_ratio: float = 0.8
+    """Goal envs: fraction of replayed transitions relabelled with a future achieved goal (HER's
+    ``future`` strategy, :class:`rl_energy.buffers.HERReplayBuffer`); 0 disables HER."""
+    coverage_goals_per_cell: int = 4
+    """Goal mazes: evaluation goals per free cell of the success-coverage metric (0 disables it)."""
     eval_every: int = 10_000
     """Evaluate every this many steps (0 disables periodic evaluation; a final one always runs)."""
     eval_episodes: int = 10
@@ -75,6 +80,11 @@ class TrainConfig:
         for key in ["learning_starts", "eval_every", "checkpoint_every", "torch_threads"]:
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.her_ratio <= 1.0:
+            raise ConfigError(f"config key 'train.her_ratio' must be in [0, 1], got {self.her_ratio}")
+        if self.coverage_goals_per_cell < 0:
+            raise ConfigError(f"config key 'train.coverage_goals_per_cell' must be >= 0, got "
+                              f"{self.coverage_goals_per_cell}")
         if not (self.utd > 0 and math.isfinite(self.utd)):
             raise ConfigError(f"config key 'train.utd' must be a positive number, got {self.utd}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -97,6 +107,8 @@ class RunConfig:
     agent: Any = None
     """The agent's own config dataclass (e.g. :class:`rl_energy.agents.sac.SACConfig`)."""
     env_kwargs: dict = field(default_factory=dict)
+    curriculum: Any = field(default_factory=lambda: _default_curriculum())
+    """Goal curriculum (:class:`rl_energy.curricula.CurriculumConfig`); ``name: none`` by default."""
 
     def to_dict(self) -> dict:
         return {
@@ -105,10 +117,17 @@ class RunConfig:
             "env_kwargs": dict(self.env_kwargs),
             "train": dataclasses.asdict(self.train),
             "agent": dataclasses.asdict(self.agent) if self.agent is not None else {},
+            "curriculum": dataclasses.asdict(self.curriculum),
         }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _default_curriculum() -> Any:
+    from rl_energy.curricula import CurriculumConfig  # lazy: curricula imports this module
+
+    return CurriculumConfig()
 
 
 def require(obj: Any, key: str, ok: bool, requirement: str, section: str = "agent") -> None:
@@ -215,6 +234,8 @@ def _apply(cfg: RunConfig, data: dict, source: str) -> None:
             update_dataclass(cfg.train, value, "train")
         elif key == "agent":
             update_dataclass(cfg.agent, value, "agent")
+        elif key == "curriculum":
+            update_dataclass(cfg.curriculum, value, "curriculum")
         elif key == "env_kwargs":
             if not isinstance(value, dict):
                 raise ConfigError(f"config key 'env_kwargs' must be a mapping ({source})")
@@ -223,7 +244,7 @@ def _apply(cfg: RunConfig, data: dict, source: str) -> None:
             continue  # informational in saved configs; the CLI decides these
         else:
             raise ConfigError(
-                f"unknown config key '{key}' in {source}; valid top-level keys: agent, env_kwargs, train"
+                f"unknown config key '{key}' in {source}; valid top-level keys: agent, curriculum, env_kwargs, train"
             )
 
 
@@ -312,6 +333,7 @@ def resolve_config(
 
 def validate(cfg: RunConfig) -> None:
     cfg.train.validate()
+    cfg.curriculum.validate()
     check = getattr(cfg.agent, "validate", None)
     if check is not None:
         check()

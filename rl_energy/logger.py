@@ -79,6 +79,7 @@ def format_row(row: dict[str, Any], total: int) -> str:
     """One human-readable log line for non-terminal output."""
     parts = [f"step {row['step']}/{total}"]
     for key, label, fmt in (("episode_return", "return", ".1f"), ("eval_return_mean", "eval", ".1f"),
+                            ("success_coverage", "coverage", ".3f"), ("goal_success", "goal success", ".2f"),
                             ("loss", "loss", ".4g"), ("l1", "L1", ".4f"), ("top_k_reward", "top-k R", ".4g"),
                             ("modes_found", "modes", ".0f"), ("sps", "sps", ".0f")):
         value = row.get(key)

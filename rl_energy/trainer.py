@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from rl_energy.agent import Agent, NonFiniteError
-from rl_energy.buffers import ReplayBuffer
+from rl_energy.buffers import HERReplayBuffer, ReplayBuffer
 from rl_energy.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from rl_energy.config import ConfigError, RunConfig
+from rl_energy.curricula import Curriculum, make_curriculum
+from rl_energy.goals import CurriculumGoals, FlattenGoal, GoalLayout, is_goal_space, success_coverage
 from rl_energy.logger import Console, RunLogger
 from rl_energy.nets import resolve_matmul_precision, set_matmul_precision
 from rl_energy.registry import agent_specs, check_env_id, get_agent
@@ -68,7 +70,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None,
+                    curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
     """A vector env in ``NEXT_STEP`` autoreset mode with Box actions rescaled to [-1, 1] (Discrete ones
     are left as they are): the env's own
     vector implementation where an rl_energy env registers one (``vector_entry_point``, e.g. the bubble
@@ -89,6 +92,18 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None) 
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
             **(env_kwargs or {}),
         )
+    if is_goal_space(envs.single_observation_space):
+        # goal envs: dict observations flattened for goal-agnostic agents, goals from the curriculum
+        envs.close()
+        wrappers = [FlattenGoal] if curriculum is None else [lambda e: CurriculumGoals(e, curriculum), FlattenGoal]
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=wrappers,
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}, **(env_kwargs or {}))
+        if curriculum is not None:
+            curriculum.bind(envs.envs[0].unwrapped)
+    elif curriculum is not None:
+        envs.close()
+        raise ConfigError(f"curriculum '{curriculum.name}' needs a goal env (dict observations with "
+                          f"observation/achieved_goal/desired_goal); '{env_id}' is not one")
     space = envs.single_action_space
     if isinstance(space, gym.spaces.Discrete):
         return envs  # index actions (agents with ``discrete_actions``); build_agent checks the match
@@ -271,12 +286,24 @@ class Trainer(RunLoop):
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
         self._open(cfg, run_dir, resume, verbose)
         t = cfg.train
-        self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs)
+        self.curriculum = make_curriculum(cfg.curriculum)
+        self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs, self.curriculum)
         self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs)
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.single_action_space, self.device)
         self.action_dim = self.agent.action_dim
         obs_shape = self.envs.single_observation_space.shape
-        self.buffer = ReplayBuffer(t.buffer_size, t.num_envs, obs_shape, self.action_dim, self.device, seed=t.seed)
+        base = self.envs.unwrapped  # below the vector RescaleAction wrapper
+        goal_env = base.envs[0].unwrapped if isinstance(base, gym.vector.SyncVectorEnv) else None
+        self.goal_env = goal_env if goal_env is not None and is_goal_space(goal_env.observation_space) else None
+        """The first training env (unwrapped) if this is a goal env: HER, coverage and curricula use it."""
+        if self.goal_env is not None and t.her_ratio > 0:
+            self.buffer: ReplayBuffer = HERReplayBuffer(
+                t.buffer_size, t.num_envs, obs_shape, self.action_dim, GoalLayout.of(self.goal_env.observation_space),
+                lambda achieved, desired: self.goal_env.compute_reward(achieved, desired, None), t.her_ratio,
+                self.device, seed=t.seed)
+        else:
+            self.buffer = ReplayBuffer(t.buffer_size, t.num_envs, obs_shape, self.action_dim, self.device, seed=t.seed)
+        self.last_coverage: float | None = None
 
         self.episodes = 0
         self.update_debt = 0.0
@@ -319,6 +346,7 @@ class Trainer(RunLoop):
             "last_obs": torch.as_tensor(self.obs, dtype=torch.float32),
             "agent": self.agent.checkpoint_state(),
             "rng": self._rng_state(),
+            "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
         }
 
     def save(self) -> None:
@@ -337,6 +365,8 @@ class Trainer(RunLoop):
         if state["last_eval"] is not None:
             self.last_eval = EvalResult(state["last_eval"][0], state["last_eval"][1], [])
         self._restore_rng(state["rng"])
+        if self.curriculum is not None and state.get("curriculum") is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
         # the env is re-created: the last observation closes each env's stream in the buffer
         self.buffer.close_stream(state["last_obs"].numpy())
 
@@ -428,6 +458,7 @@ class Trainer(RunLoop):
                 if due_eval:  # the final evaluation is always deterministic
                     deterministic = True if final else t.eval_deterministic
                     self.last_eval = evaluate_policy(agent, self.eval_envs, t.eval_seed, deterministic)
+                    self.last_coverage = self._coverage()
                     self.last_eval_step = self.step
                 last_row_time, last_row_step = time.perf_counter(), self.step
                 row = self._row(sps, last_row_time - start_time, with_eval=bool(due_eval))
@@ -448,6 +479,15 @@ class Trainer(RunLoop):
         self.save()
         return self.last_eval
 
+    def _coverage(self) -> float | None:
+        """Success coverage (SVGG digest §5) on the training env's current maze, or None."""
+        env, per_cell = self.goal_env, self.cfg.train.coverage_goals_per_cell
+        if env is None or per_cell == 0 or not hasattr(env, "maze"):
+            return None
+        goals = env.maze.coverage_goals(per_cell, seed=self.cfg.train.eval_seed)
+        length = self.envs.unwrapped.envs[0].spec.max_episode_steps or 50
+        return float(success_coverage(self.agent, env, goals, length, seed=self.cfg.train.eval_seed).mean())
+
     @staticmethod
     def final_line(result: EvalResult) -> str:
         return final_line(result)
@@ -462,6 +502,10 @@ class Trainer(RunLoop):
         if with_eval and self.last_eval is not None:
             row["eval_return_mean"] = self.last_eval.mean
             row["eval_return_std"] = self.last_eval.std
+            if self.last_coverage is not None:
+                row["success_coverage"] = self.last_coverage
+        if self.curriculum is not None:
+            row.update(self.curriculum.metrics())
         for key, value in self.last_metrics.items():
             row[key] = float(value)
         return row

@@ -1,0 +1,381 @@
+"""Goal curricula for multi-goal RL: SVGG and two uniform baselines.
+
+**SVGG** (Castanet, Sigaud & Lamprier, ICML 2023, "Stein Variational Goal Generation"; SVGG digest §2).
+Goals of intermediate difficulty are sampled by Stein variational gradient descent on the energy-based
+target density
+
+    log p(g) = β · Beta_{a,b}(D_φ(s0, g)) + log p_valid(g)                        (digest §2b)
+
+* ``D_φ(s0, g)``: the **success predictor**, an MLP (64, 64; LayerNorm, GELU; sigmoid) trained by binary
+  cross-entropy on the last ``history`` episodes (label: the goal was reached at some step), classes
+  balanced by oversampling, retrained every ``predictor_every`` env steps (§2a);
+* ``Beta_{a,b}``: the Beta *density value* on the predicted success, (2, 2) peaks at D = 0.5 (§2b);
+* ``p_valid``: the **validity model**, a one-class SVM (ν, RBF γ) on recently achieved goals, calibrated
+  to a probability by a 1-D logistic regression on its decision function (§2c);
+* ``n`` **particles** moved by SVGD with an RBF kernel of width σ: the Stein direction
+  ``φ(x_i) = 1/n Σ_j [k(x_j, x_i) ∇ log p(x_j) + ∇_{x_j} k(x_j, x_i)]`` is applied as the gradient
+  ``−φ`` of an Adam step (lr 0.1) every ``svgd_every`` env steps (§2d);
+* each episode's goal is a uniformly chosen particle (§2e).
+
+Baselines: ``uniform_box`` draws goals uniformly over the maze's bounding box, walls included (a naive
+curriculum that does not know which goals are valid); ``uniform_valid`` draws them uniformly over the
+valid goals (an oracle given the valid set).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rl_energy.config import ConfigError, require
+
+CURRICULA = ("none", "uniform_box", "uniform_valid", "svgg")
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "none"
+    """``none`` (the env's own goals), ``uniform_box``, ``uniform_valid`` or ``svgg``."""
+    particles: int = 100
+    kernel_sigma: float = 1.0
+    svgd_lr: float = 0.1
+    svgd_every: int = 20
+    """Env steps between SVGD steps."""
+    beta: float = 10.0
+    """Temperature of the Beta term."""
+    beta_a: float = 2.0
+    beta_b: float = 2.0
+    history: int = 300
+    """Episodes the predictor trains on."""
+    predictor_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    predictor_every: int = 4000
+    """Env steps between predictor (and validity model) refits."""
+    predictor_epochs: int = 60
+    predictor_batch: int = 64
+    predictor_lr: float = 1e-3
+    validity_samples: int = 5000
+    """Achieved goals kept for the one-class SVM."""
+    svm_nu: float = 0.01
+    svm_gamma: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        sec = "curriculum"
+        require(self, "name", self.name in CURRICULA, f"one of {', '.join(CURRICULA)}", sec)
+        for key in ("particles", "svgd_every", "history", "predictor_every", "predictor_epochs",
+                    "predictor_batch", "validity_samples"):
+            require(self, key, getattr(self, key) >= 1, ">= 1", sec)
+        for key in ("kernel_sigma", "svgd_lr", "beta_a", "beta_b", "predictor_lr", "svm_gamma"):
+            require(self, key, getattr(self, key) > 0, "> 0", sec)
+        require(self, "beta", self.beta >= 0, ">= 0", sec)
+        require(self, "svm_nu", 0 < self.svm_nu <= 1, "in (0, 1]", sec)
+
+
+# ------------------------------------------------------------------------------------------------ SVGD
+def rbf_kernel(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``K[j, i] = exp(−‖x_j − x_i‖² / 2σ²)`` and ``Σ_j ∇_{x_j} K[j, i]`` (the repulsive term), for ``x [n, d]``."""
+    diff = x[:, None, :] - x[None, :, :]  # [j, i, d] = x_j - x_i
+    k = torch.exp(-diff.square().sum(-1) / (2 * sigma**2))
+    grad_k = -(k[..., None] * diff / sigma**2).sum(0)  # Σ_j ∇_{x_j} k(x_j, x_i)
+    return k, grad_k
+
+
+def stein_direction(x: torch.Tensor, score: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``φ(x_i) = 1/n Σ_j [k(x_j, x_i) ∇ log p(x_j) + ∇_{x_j} k(x_j, x_i)]`` (Liu & Wang 2016, eq. 8)."""
+    k, grad_k = rbf_kernel(x, sigma)
+    return (k.T @ score + grad_k) / x.shape[0]
+
+
+class SVGDParticles:
+    """Particles moved along the Stein direction by Adam (the SVGG code's optimiser)."""
+
+    def __init__(self, init: torch.Tensor, sigma: float, lr: float) -> None:
+        self.x = init.clone().float().requires_grad_(True)
+        self.sigma = sigma
+        self.optimizer = torch.optim.Adam([self.x], lr=lr)
+
+    def step(self, log_density: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        x = self.x.detach().requires_grad_(True)
+        (score,) = torch.autograd.grad(log_density(x).sum(), x)
+        score = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)  # as the SVGG code: NaNs zeroed
+        with torch.no_grad():
+            phi = stein_direction(x, score, self.sigma)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.x.grad = -phi
+        self.optimizer.step()
+
+
+# ------------------------------------------------------------------------------------------- models
+class SuccessPredictor(nn.Module):
+    """``D_φ(s0, g) ∈ (0, 1)``: MLP with LayerNorm and GELU, sigmoid output (digest §2a)."""
+
+    def __init__(self, in_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = in_dim
+        for width in hidden:
+            layers += [nn.Linear(last, width), nn.LayerNorm(width), nn.GELU()]
+            last = width
+        layers.append(nn.Linear(last, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x).squeeze(-1))
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float,
+            rng: np.random.Generator) -> float:
+        """BCE on ``(x, y)`` with the minority class oversampled to balance; returns the last epoch's loss."""
+        x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+        pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y <= 0.5)
+        if len(pos) and len(neg):
+            n = max(len(pos), len(neg))
+            idx = np.concatenate([rng.choice(pos, n), rng.choice(neg, n)])
+        else:
+            idx = np.arange(len(y))
+        xt, yt = torch.as_tensor(x[idx]), torch.as_tensor(y[idx])
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        loss = torch.zeros(())
+        for _ in range(epochs):
+            order = torch.as_tensor(rng.permutation(len(idx)))
+            for start in range(0, len(idx), batch):
+                b = order[start: start + batch]
+                p = self(xt[b]).clamp(1e-6, 1 - 1e-6)
+                loss = nn.functional.binary_cross_entropy(p, yt[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return float(loss)
+
+
+class ValidityModel:
+    """``p_valid(g)``: a one-class SVM on achieved goals, its decision function mapped to a probability
+    by a 1-D logistic regression fitted to the SVM's own inlier/outlier labels (classes balanced);
+    evaluated in torch so that ``∇ log p_valid`` flows to the particles (digest §2c)."""
+
+    def __init__(self, nu: float, gamma: float) -> None:
+        self.nu, self.gamma = nu, gamma
+        self.fitted = False
+
+    def fit(self, goals: np.ndarray, rng: np.random.Generator) -> None:
+        from sklearn.svm import OneClassSVM
+
+        svm = OneClassSVM(nu=self.nu, gamma=self.gamma).fit(goals)
+        self.support = torch.as_tensor(svm.support_vectors_, dtype=torch.float32)
+        self.coef = torch.as_tensor(svm.dual_coef_[0], dtype=torch.float32)
+        self.offset = float(svm.intercept_[0])
+        score = self.decision(torch.as_tensor(goals, dtype=torch.float32)).numpy()
+        # calibrate on the goals and on points spread around them (outliers), classes balanced
+        spread = goals[rng.integers(len(goals), size=len(goals))] + rng.normal(0, 1.0, size=goals.shape)
+        s = np.concatenate([score, self.decision(torch.as_tensor(spread, dtype=torch.float32)).numpy()])
+        label = (s >= 0).astype(np.float32)
+        pos, neg = np.flatnonzero(label > 0.5), np.flatnonzero(label <= 0.5)
+        if len(pos) and len(neg):
+            n = max(len(pos), len(neg))
+            pick = np.concatenate([rng.choice(pos, n), rng.choice(neg, n)])
+            s, label = s[pick], label[pick]
+        w = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.1)
+        st, lt = torch.as_tensor(s, dtype=torch.float32), torch.as_tensor(label)
+        scale = float(np.std(s)) + 1e-8
+        for _ in range(200):
+            loss = nn.functional.binary_cross_entropy_with_logits(w[0] * st / scale + w[1], lt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.a, self.b = float(w[0]) / scale, float(w[1])
+        self.fitted = True
+
+    def decision(self, g: torch.Tensor) -> torch.Tensor:
+        """The SVM decision function ``Σ_i α_i exp(−γ‖g − x_i‖²) + intercept``."""
+        d2 = (g[:, None, :] - self.support[None]).square().sum(-1)
+        return torch.exp(-self.gamma * d2) @ self.coef + self.offset
+
+    def log_prob(self, g: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            return torch.zeros(g.shape[0])
+        return nn.functional.logsigmoid(self.a * self.decision(g) + self.b)
+
+
+def beta_density(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """The Beta(a, b) probability density value at ``x ∈ (0, 1)``."""
+    x = x.clamp(1e-6, 1 - 1e-6)
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    return torch.exp(log_norm + (a - 1) * torch.log(x) + (b - 1) * torch.log1p(-x))
+
+
+# --------------------------------------------------------------------------------------------- curricula
+class Curriculum:
+    """Chooses episode goals (``sample_goal``) and hears back (``record_episode``, ``on_step``)."""
+
+    name = "none"
+
+    def __init__(self, config: CurriculumConfig, goal_space: Any = None) -> None:
+        self.config = config
+        self.goal_space = goal_space
+        self.rng = np.random.default_rng(config.seed)
+        self.steps = 0
+        self.episodes = 0
+        self.successes: deque[float] = deque(maxlen=100)
+
+    def bind(self, goal_space: Any) -> None:
+        """Use ``goal_space`` (an object with ``sample_box`` and ``sample_valid``, e.g. the unwrapped
+        :class:`rl_energy.envs.point_maze.PointMazeEnv`, whose maze may change) from now on."""
+        for method in ("sample_box", "sample_valid"):
+            if not hasattr(goal_space, method):
+                raise ConfigError(f"curriculum '{self.name}' needs an env whose goal space offers {method}() "
+                                  "(the rl_energy/PointMaze-* envs)")
+        self.goal_space = goal_space
+
+    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def record_episode(self, start: np.ndarray, goal: np.ndarray, success: bool, achieved: np.ndarray) -> None:
+        self.episodes += 1
+        self.successes.append(float(success))
+
+    def on_step(self) -> None:
+        self.steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        """Logged beside the training metrics: the success rate of the last 100 curriculum episodes."""
+        return {"goal_success": float(np.mean(self.successes))} if self.successes else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "episodes": self.episodes, "successes": list(self.successes),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.episodes = int(state["steps"]), int(state["episodes"])
+        self.successes = deque(state["successes"], maxlen=100)
+        self.rng.bit_generator.state = state["rng"]
+
+
+class UniformBox(Curriculum):
+    """Goals uniform over the bounding box, walls included (the naive curriculum)."""
+
+    name = "uniform_box"
+
+    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+        return self.goal_space.sample_box(1, rng)[0]
+
+
+class UniformValid(Curriculum):
+    """Goals uniform over the valid goals (an oracle that is given the valid set)."""
+
+    name = "uniform_valid"
+
+    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+        return self.goal_space.sample_valid(1, rng)[0]
+
+
+class SVGG(Curriculum):
+    """Stein Variational Goal Generation (module docstring)."""
+
+    name = "svgg"
+
+    def __init__(self, config: CurriculumConfig, goal_space: Any = None) -> None:
+        super().__init__(config, goal_space)
+        c = config
+        torch_gen = torch.Generator().manual_seed(c.seed)
+        self.goal_dim = 2
+        self.particles = SVGDParticles(torch.randn(c.particles, self.goal_dim, generator=torch_gen),
+                                       c.kernel_sigma, c.svgd_lr)
+        self.start_dim: int | None = None
+        self.predictor: SuccessPredictor | None = None
+        self.validity = ValidityModel(c.svm_nu, c.svm_gamma)
+        self.history: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=c.history)
+        self.achieved: deque[np.ndarray] = deque(maxlen=c.validity_samples)
+        self.start_mean: np.ndarray | None = None
+        self.fits = 0
+
+    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+        x = self.particles.x.detach()
+        return x[int(rng.integers(len(x)))].numpy().astype(np.float64)
+
+    def record_episode(self, start: np.ndarray, goal: np.ndarray, success: bool, achieved: np.ndarray) -> None:
+        super().record_episode(start, goal, success, achieved)
+        self.history.append((np.asarray(start, dtype=np.float32), np.asarray(goal, dtype=np.float32), float(success)))
+        self.achieved.extend(np.asarray(achieved, dtype=np.float32))
+
+    def on_step(self) -> None:
+        super().on_step()
+        c = self.config
+        if self.steps % c.predictor_every == 0 and len(self.history) >= 10:
+            self.refit()
+        if self.predictor is not None and self.steps % c.svgd_every == 0:
+            self.particles.step(self.log_density)
+
+    def refit(self) -> None:
+        """Retrain the success predictor and the validity model on recent data (§2a, §2c)."""
+        c = self.config
+        starts, goals, labels = (np.stack(v) for v in zip(*self.history, strict=True))
+        if self.predictor is None:
+            self.start_dim = starts.shape[1]
+            self.predictor = SuccessPredictor(self.start_dim + self.goal_dim, c.predictor_hidden)
+        self.start_mean = starts.mean(0)
+        self.predictor.fit(np.concatenate([starts, goals], 1), labels, c.predictor_epochs, c.predictor_batch,
+                           c.predictor_lr, self.rng)
+        achieved = np.stack(self.achieved)
+        if len(achieved) > 2000:  # the SVM's cost grows quadratically: a random subset as in the code's 5k
+            achieved = achieved[self.rng.choice(len(achieved), 2000, replace=False)]
+        self.validity.fit(achieved, self.rng)
+        self.fits += 1
+
+    def predicted_success(self, goals: torch.Tensor) -> torch.Tensor:
+        start = torch.as_tensor(self.start_mean, dtype=torch.float32).expand(goals.shape[0], -1)
+        return self.predictor(torch.cat([start, goals], -1))
+
+    def log_density(self, goals: torch.Tensor) -> torch.Tensor:
+        """``β Beta_{a,b}(D_φ(s0, g)) + log p_valid(g)`` (digest §2b)."""
+        c = self.config
+        return c.beta * beta_density(self.predicted_success(goals), c.beta_a, c.beta_b) + self.validity.log_prob(goals)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(particles=self.particles.x.detach().clone(), svgd_opt=self.particles.optimizer.state_dict(),
+                     history=torch.as_tensor(np.array([np.concatenate([s, g, [y]]) for s, g, y in self.history],
+                                                      dtype=np.float32)),
+                     achieved=torch.as_tensor(np.array(self.achieved, dtype=np.float32).reshape(-1, self.goal_dim)),
+                     predictor=None if self.predictor is None else self.predictor.state_dict(),
+                     start_dim=self.start_dim, fits=self.fits)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.particles.x.copy_(state["particles"])
+        self.particles.optimizer.load_state_dict(state["svgd_opt"])
+        self.start_dim = state["start_dim"]
+        d = self.start_dim or 0
+        self.history = deque(((h[:d], h[d:d + self.goal_dim], float(h[-1])) for h in state["history"].numpy()),
+                             maxlen=self.config.history)
+        self.achieved = deque(state["achieved"].numpy(), maxlen=self.config.validity_samples)
+        self.fits = int(state["fits"])
+        if state["predictor"] is not None:
+            self.predictor = SuccessPredictor(d + self.goal_dim, self.config.predictor_hidden)
+            self.predictor.load_state_dict(state["predictor"])
+            self.refit_validity_only()
+
+    def refit_validity_only(self) -> None:
+        starts = np.stack([s for s, _, _ in self.history])
+        self.start_mean = starts.mean(0)
+        achieved = np.stack(self.achieved)[-2000:]
+        self.validity.fit(achieved, self.rng)
+
+
+def make_curriculum(config: CurriculumConfig, goal_space: Any = None) -> Curriculum | None:
+    """The curriculum named by ``config.name`` (None for ``none``); :meth:`Curriculum.bind` gives it its
+    goal space (the trainer binds it to the first training env)."""
+    if config.name == "none":
+        return None
+    curriculum = {"uniform_box": UniformBox, "uniform_valid": UniformValid, "svgg": SVGG}[config.name](config)
+    if goal_space is not None:
+        curriculum.bind(goal_space)
+    return curriculum
