@@ -8,7 +8,8 @@ A maze is a grid of unit cells, each free (``.``, ``S`` = the start cell) or a w
 a wall block or of the maze's border (so it slides along walls). Episodes start uniformly in the
 start cell, last 30 steps (``max_episode_steps``), and never terminate early. The reward is sparse,
 ``−1`` until the point is within ``success_radius = 0.15`` of the goal and ``0`` there
-(:meth:`PointMazeEnv.compute_reward`, vectorised); ``info["is_success"]`` says the same.
+(:meth:`PointMazeEnv.compute_reward`, vectorised); ``info["is_success"]`` says the same. A goal inside
+a wall block is invalid and never achieved (so a curriculum that proposes such goals wastes episodes).
 
 Observations are dicts with ``observation``, ``achieved_goal`` (both the position) and
 ``desired_goal``. The goal of an episode is ``options["goal"]`` at reset if given, else drawn by the
@@ -30,27 +31,31 @@ MAZES: dict[str, tuple[str, ...]] = {
     "open": ("S....", ".....", ".....", ".....", "....."),
     # a U: along the top corridor, down the right arm, back along the bottom one
     "umaze": ("S....", "####.", "....."),
-    # four 3 x 3 rooms; doors between the top two, the left two and the right two, none between the
-    # bottom two: the bottom-right room is reached through the top-right one
+    # nine 2 x 2 rooms behind one-cell walls, chained by doors into a snake: the doors never lie on
+    # the straight line to a far room, so heading for a distant goal runs into a wall. From the start
+    # room to the last one is about 24 units of path (26 of the 30 steps at full speed).
     "multiroom": (
-        "S..#...",
-        ".......",
-        "...#...",
-        "#.###.#",
-        "...#...",
-        "...#...",
-        "...#...",
+        "S.#.....",
+        ".....#..",
+        "#######.",
+        ".....#..",
+        "..#.....",
+        ".#######",
+        "..#.....",
+        ".....#..",
     ),
-    # the multi-room maze with the doors moved (top rooms through the bottom row instead): the
-    # layout the recovery experiment switches to
+    # the same rooms with the door from the top-right room down to the middle-right one moved to
+    # the middle column: the top-right room becomes a dead end and the middle rows are entered from
+    # the middle room (the layout the recovery experiment switches to)
     "multiroom_moved": (
-        "S..#...",
-        "...#...",
-        "...#...",
-        "#.###.#",
-        "...#...",
-        ".......",
-        "...#...",
+        "S.#.....",
+        ".....#..",
+        "###.####",
+        ".....#..",
+        "..#.....",
+        ".#######",
+        "..#.....",
+        ".....#..",
     ),
 }
 """Maze layouts by name: ``#`` wall block, ``.`` free, ``S`` the start cell (free)."""
@@ -130,10 +135,11 @@ class Maze:
         return rng.uniform(-0.5, 0.5, size=(n, 2))
 
 
-def sparse_reward(achieved_goal: np.ndarray, desired_goal: np.ndarray, radius: float) -> np.ndarray:
-    """``0`` within ``radius`` of the goal, else ``−1`` (any leading shape)."""
+def sparse_reward(achieved_goal: np.ndarray, desired_goal: np.ndarray, radius: float,
+                  valid: np.ndarray | bool = True) -> np.ndarray:
+    """``0`` within ``radius`` of a valid goal, else ``−1`` (any leading shape)."""
     dist = np.linalg.norm(np.asarray(achieved_goal) - np.asarray(desired_goal), axis=-1)
-    return -(dist >= radius).astype(np.float32)
+    return -((dist >= radius) | ~np.asarray(valid)).astype(np.float32)
 
 
 class PointMazeEnv(gym.Env):
@@ -167,7 +173,10 @@ class PointMazeEnv(gym.Env):
             raise ValueError("set_maze: the new layout must span the same bounding box")
         self.maze = new
         box = gym.spaces.Box(new.low.astype(np.float32), new.high.astype(np.float32), dtype=np.float32)
-        self.observation_space = gym.spaces.Dict({"observation": box, "achieved_goal": box, "desired_goal": box})
+        # a curriculum may propose goals anywhere (SVGG's particles roam): desired goals are unbounded
+        anywhere = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.observation_space = gym.spaces.Dict({"observation": box, "achieved_goal": box,
+                                                  "desired_goal": anywhere})
 
     def _obs(self) -> dict[str, np.ndarray]:
         pos = self.pos.astype(np.float32)
@@ -212,5 +221,7 @@ class PointMazeEnv(gym.Env):
         return self.maze.sample_box(n, rng)
 
     def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
-        """Vectorised sparse reward (Gymnasium-Robotics' goal-env signature)."""
-        return sparse_reward(achieved_goal, desired_goal, self.success_radius)
+        """Vectorised sparse reward (Gymnasium-Robotics' goal-env signature): 0 within the success radius
+        of a goal in a free cell. A goal inside a wall block is never achieved, even from the wall's edge."""
+        valid = self.maze.is_valid(np.asarray(desired_goal, dtype=np.float64))
+        return sparse_reward(achieved_goal, desired_goal, self.success_radius, valid)

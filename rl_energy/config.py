@@ -5,7 +5,8 @@ Resolution order (later wins):
 1. the dataclass defaults (``TrainConfig``, the agent's config, and the agent config's
    ``TRAIN_DEFAULTS`` for ``train`` keys where an agent family differs, e.g. GFlowNets count trajectories),
 2. ``configs/<agent>/default.yaml`` (shipped with the package),
-3. ``configs/<agent>/<EnvId>.yaml`` (the paper's per-environment settings, if present),
+3. ``configs/<agent>/<EnvId>.yaml`` (the paper's per-environment settings, if present), or else the
+   env family's ``configs/<agent>/<prefix>.yaml`` (the id up to its first ``-``: ``rl_energy__PointMaze.yaml``),
 4. ``--config FILE``,
 5. ``--set section.key=value`` (values parsed as YAML scalars).
 
@@ -253,6 +254,12 @@ def config_file_name(env_id: str) -> str:
     return env_id.replace("/", "__") + ".yaml"
 
 
+def config_family_file_name(env_id: str) -> str:
+    """The env family's config, used when no per-env one exists: ``rl_energy/PointMaze-UMaze-v0`` ->
+    ``rl_energy__PointMaze.yaml``."""
+    return env_id.replace("/", "__").split("-")[0] + ".yaml"
+
+
 def packaged_config(agent_name: str, name: str) -> dict | None:
     """Read ``configs/<agent_name>/<name>`` from the installed package, or ``None`` if absent."""
     ref = resources.files("rl_energy.configs").joinpath(agent_name, name)
@@ -262,16 +269,14 @@ def packaged_config(agent_name: str, name: str) -> dict | None:
 
 
 def available_configs() -> dict[str, list[str]]:
-    """Map each agent name to the env ids that have a shipped per-env config."""
+    """Map each agent name to the env ids (or families, ``rl_energy/PointMaze-*``) with a shipped config."""
     out: dict[str, list[str]] = {}
     root = resources.files("rl_energy.configs")
     for entry in root.iterdir():
         if entry.is_dir() and not entry.name.startswith("_"):
-            envs = sorted(
-                f.name[: -len(".yaml")].replace("__", "/")
-                for f in entry.iterdir()
-                if f.name.endswith(".yaml") and f.name != "default.yaml"
-            )
+            names = [f.name[: -len(".yaml")].replace("__", "/") for f in entry.iterdir()
+                     if f.name.endswith(".yaml") and f.name != "default.yaml"]
+            envs = sorted(n if "-" in n else f"{n}-*" for n in names)  # family files: rl_energy/PointMaze-*
             out[entry.name] = envs
     return out
 
@@ -321,6 +326,9 @@ def resolve_config(
     _apply(cfg, family_defaults, f"{agent_config_cls.__name__}.TRAIN_DEFAULTS")
     _apply(cfg, packaged_config(agent_name, "default.yaml"), f"configs/{agent_name}/default.yaml")
     env_file = config_file_name(env_id)
+    family_file = config_family_file_name(env_id)
+    if packaged_config(agent_name, env_file) is None and packaged_config(agent_name, family_file) is not None:
+        env_file = family_file  # one file for a family of envs, e.g. rl_energy__PointMaze.yaml
     _apply(cfg, packaged_config(agent_name, env_file), f"configs/{agent_name}/{env_file}")
     if config_file is not None:
         _apply(cfg, load_yaml_file(config_file), str(config_file))

@@ -320,7 +320,9 @@ class Trainer(RunLoop):
             self._restore()
             resume_step = self.step
         cfg.save(self.run_dir / "config.yaml")
-        self.logger = RunLogger(self.run_dir, self.agent.metric_names, resume_step=resume_step)
+        goal_columns = (("success_coverage",) if self.goal_env is not None else ()) + (
+            ("goal_success",) if self.curriculum is not None else ())
+        self.logger = RunLogger(self.run_dir, goal_columns + self.agent.metric_names, resume_step=resume_step)
 
     # ------------------------------------------------------------------------------------ seeding
     def _reset_envs(self) -> np.ndarray:
