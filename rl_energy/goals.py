@@ -119,7 +119,7 @@ def success_coverage(agent: Agent, env: gym.Env, goals: np.ndarray, episode_leng
     maze = env.maze
     n = len(goals)
     pos = maze.start_positions(n, rng)
-    layout = GoalLayout(2, 2)
+    layout = GoalLayout.of(env.observation_space)
     success = np.zeros(n, dtype=bool)
     was_training = agent.training
     agent.train(False)

@@ -3,7 +3,10 @@
 The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents), SB3's DDPG (for
 ``--agent ddpg``) or SB3's DQN (for ``--agent pfpe``, a discrete-action env such as CartPole-v1, with the
 PFPE paper's settings instead: 32x32 nets, batch 500, replay 2,500, one update per 5 env steps, a hard
-target every 5 updates, ε = 0.05). Both run in this process on the same env with the same hyperparameters (batch 256,
+target every 5 updates, ε = 0.05). On a goal env (``rl_energy/PointMaze-*``) SB3 gets its
+``HerReplayBuffer`` (``future`` strategy, 4 sampled goals: 80% relabelled, as our ``train.her_ratio=0.8``)
+and ``MultiInputPolicy``; ours flattens the goal observation and replays through ``HERReplayBuffer``.
+Both run in this process on the same env with the same hyperparameters (batch 256,
 256x256 nets, one gradient step per env step, learning starts 1000, 1M-slot replay; SAC: lr 3e-4,
 automatic entropy; DDPG: lr 1e-3, Gaussian noise 0.1), alternating ours/SB3, ``--repeats`` times.
 Our matrix products run at ``train.matmul_precision`` (``auto``: bfloat16 inputs with float32
@@ -14,6 +17,7 @@ repeats is reported; the last line is ``<agent>/sb3-<ref> SPS ratio: X``.
 
     python scripts/bench_sps.py --env Ant-v4 --agent sac
     python scripts/bench_sps.py --env CartPole-v1 --agent pfpe --steps 20000
+    python scripts/bench_sps.py --env rl_energy/PointMaze-UMaze-v0 --agent ddpg
 """
 
 from __future__ import annotations
@@ -90,18 +94,25 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int) -> f
     common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99,
                   train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed,
                   verbose=0)
+    policy = "MlpPolicy"
+    if isinstance(env.observation_space, gym.spaces.Dict):  # a goal env: SB3's HER, future strategy, k = 4
+        from stable_baselines3 import HerReplayBuffer
+
+        policy = "MultiInputPolicy"
+        common.update(replay_buffer_class=HerReplayBuffer,
+                      replay_buffer_kwargs={"n_sampled_goal": 4, "goal_selection_strategy": "future"})
     if ref == "dqn":  # 5 env steps per update; SB3 counts the target period in env steps: k = 5 updates
         model = DQN("MlpPolicy", env, learning_rate=1e-3, buffer_size=2500, learning_starts=learning_starts,
                     batch_size=500, tau=1.0, gamma=0.99, train_freq=5, gradient_steps=1, target_update_interval=25,
                     exploration_initial_eps=0.05, exploration_final_eps=0.05,
                     policy_kwargs={"net_arch": [32, 32]}, device="cpu", seed=seed, verbose=0)
     elif ref == "sac":
-        model = SAC("MlpPolicy", env, learning_rate=3e-4, ent_coef="auto", **common)
+        model = SAC(policy, env, learning_rate=3e-4, ent_coef="auto", **common)
     else:
         dim = env.action_space.shape[0]
         # SB3 adds noise in the env's action units; ours is in [-1, 1] units: scale it to match
         sigma = 0.1 * (env.action_space.high - env.action_space.low) / 2
-        model = DDPG("MlpPolicy", env, learning_rate=1e-3, action_noise=NormalActionNoise(np.zeros(dim), sigma),
+        model = DDPG(policy, env, learning_rate=1e-3, action_noise=NormalActionNoise(np.zeros(dim), sigma),
                      **common)
     clock = Clock()
     model.learn(learning_starts + steps, callback=clock)
