@@ -117,13 +117,14 @@ def plot(results: list[dict], out: Path) -> list[Path]:
         run = next((r for r in results if r["name"] == f"{prefix}_svgg" and r.get("snapshots")), None)
         if run is None:
             continue
-        snaps = sorted(run["snapshots"].items())
+        snaps = sorted((int(k), v) for k, v in run["snapshots"].items())  # JSON keys are strings
         fig, axes = plt.subplots(1, len(snaps), figsize=(2.6 * len(snaps), 2.8))
         for ax, (step, x) in zip(np.atleast_1d(axes), snaps, strict=True):
             switched = "switch" in run and step >= run["switch"]
             maze = Maze("multiroom_moved" if switched else "multiroom")
-            ax.imshow(~maze.free, cmap="Greys", origin="upper", alpha=0.6,
-                      extent=(maze.low[0], maze.high[0], maze.high[1], maze.low[1]))
+            for r, c in zip(*np.nonzero(~maze.free), strict=True):  # wall blocks, in goal coordinates
+                ax.add_patch(plt.Rectangle((c - maze.start_col - 0.5, r - maze.start_row - 0.5), 1, 1, color="0.6"))
+            ax.add_patch(plt.Rectangle(tuple(maze.low), *(maze.high - maze.low), fill=False, color="k"))
             x = np.array(x)
             ax.scatter(x[:, 0], x[:, 1], s=6, color="C0")
             ax.set(xlim=(maze.low[0] - 1, maze.high[0] + 1), ylim=(maze.high[1] + 1, maze.low[1] - 1),
@@ -176,7 +177,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (one thread each)")
     parser.add_argument("--out", default="runs/reproduce_svgg")
     parser.add_argument("--plot", help="folder for the figures")
+    parser.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/results.json")
     args = parser.parse_args()
+    if args.replot:
+        results = json.loads((Path(args.out) / "results.json").read_text())
+        print("\n".join(report(results)[0]))
+        for path in plot(results, Path(args.plot or "docs/img/svgg")):
+            print(f"wrote {path}")
+        return
 
     jobs = jobs_for(args)
     start = time.perf_counter()
