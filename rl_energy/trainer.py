@@ -369,6 +369,10 @@ class Trainer(RunLoop):
         self._restore_rng(state["rng"])
         if self.curriculum is not None and state.get("curriculum") is not None:
             self.curriculum.load_state_dict(state["curriculum"])
+        base = self.envs.unwrapped
+        for env in getattr(base, "envs", []):  # envs that keep a schedule (a maze switch) are told how far
+            if hasattr(env.unwrapped, "set_elapsed_steps"):
+                env.unwrapped.set_elapsed_steps(self.step // self.cfg.train.num_envs)
         # the env is re-created: the last observation closes each env's stream in the buffer
         self.buffer.close_stream(state["last_obs"].numpy())
 

@@ -74,6 +74,9 @@ def test_maze_switch_during_training():
     assert env.maze.layout[2] == "#######."
     env.step(np.zeros(2))
     assert env.maze.name == "multiroom_moved" and env.maze.layout[2] == "###.####"
+    resumed = PointMazeEnv("multiroom", switch_maze_at=5, switch_to="multiroom_moved")
+    resumed.set_elapsed_steps(7)  # a resumed run past the switch sees the new maze at once
+    assert resumed.maze.name == "multiroom_moved"
     with pytest.raises(ValueError, match="switch_to"):
         PointMazeEnv("multiroom", switch_maze_at=5, switch_to="nowhere")
 
