@@ -115,13 +115,6 @@ class Maze:
             pos = new
         return pos
 
-    def set_elapsed_steps(self, steps: int) -> None:
-        """Resume hook: this env has already taken ``steps`` steps (the trainer calls it on ``--resume``),
-        so a maze switch that was due is applied and a later one stays on schedule."""
-        self.total_steps = steps
-        if self.switch_maze_at and steps >= self.switch_maze_at and self.maze.name != self.switch_to:
-            self.set_maze(self.switch_to)
-
     def sample_valid(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` points uniform over the free cells."""
         centers = self.free_centers[rng.integers(len(self.free_centers), size=n)]

@@ -120,6 +120,16 @@ class SVGDParticles:
 
 
 # ------------------------------------------------------------------------------------------- models
+def balanced_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices that oversample the minority class of binary ``labels`` to the majority's count (all
+    indices if one class is absent)."""
+    pos, neg = np.flatnonzero(labels > 0.5), np.flatnonzero(labels <= 0.5)
+    if not (len(pos) and len(neg)):
+        return np.arange(len(labels))
+    n = max(len(pos), len(neg))
+    return np.concatenate([rng.choice(pos, n), rng.choice(neg, n)])
+
+
 class SuccessPredictor(nn.Module):
     """``D_φ(s0, g) ∈ (0, 1)``: MLP with LayerNorm and GELU, sigmoid output (digest §2a)."""
 
@@ -140,12 +150,7 @@ class SuccessPredictor(nn.Module):
             rng: np.random.Generator) -> float:
         """BCE on ``(x, y)`` with the minority class oversampled to balance; returns the last epoch's loss."""
         x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
-        pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y <= 0.5)
-        if len(pos) and len(neg):
-            n = max(len(pos), len(neg))
-            idx = np.concatenate([rng.choice(pos, n), rng.choice(neg, n)])
-        else:
-            idx = np.arange(len(y))
+        idx = balanced_indices(y, rng)
         xt, yt = torch.as_tensor(x[idx]), torch.as_tensor(y[idx])
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         loss = torch.zeros(())
@@ -182,11 +187,8 @@ class ValidityModel:
         spread = goals[rng.integers(len(goals), size=len(goals))] + rng.normal(0, 1.0, size=goals.shape)
         s = np.concatenate([score, self.decision(torch.as_tensor(spread, dtype=torch.float32)).numpy()])
         label = (s >= 0).astype(np.float32)
-        pos, neg = np.flatnonzero(label > 0.5), np.flatnonzero(label <= 0.5)
-        if len(pos) and len(neg):
-            n = max(len(pos), len(neg))
-            pick = np.concatenate([rng.choice(pos, n), rng.choice(neg, n)])
-            s, label = s[pick], label[pick]
+        pick = balanced_indices(label, rng)
+        s, label = s[pick], label[pick]
         w = torch.zeros(2, requires_grad=True)
         opt = torch.optim.Adam([w], lr=0.1)
         st, lt = torch.as_tensor(s, dtype=torch.float32), torch.as_tensor(label)
