@@ -73,10 +73,11 @@ def resolve_device(name: str) -> torch.device:
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None,
                     curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
     """A vector env in ``NEXT_STEP`` autoreset mode with Box actions rescaled to [-1, 1] (Discrete ones
-    are left as they are): the env's own
-    vector implementation where an rl_energy env registers one (``vector_entry_point``, e.g. the bubble
-    env's single kernel call for all sub-envs), else a synchronous one (Gymnasium's own vector classes,
-    such as CartPole's, take one reset seed and are not used)."""
+    are left as they are): the env's own vector implementation where an rl_energy env registers one
+    (``vector_entry_point``, e.g. the bubble env's single kernel call for all sub-envs), else a
+    synchronous one (Gymnasium's own vector classes, such as CartPole's, take one reset seed and are
+    not used). Goal envs get :class:`~rl_energy.goals.FlattenGoal` and, with a ``curriculum``,
+    :class:`~rl_energy.goals.CurriculumGoals` on every sub-env."""
     check_env_id(env_id)
     if env_id.startswith("rl_energy/") and gym.spec(env_id).vector_entry_point is not None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
