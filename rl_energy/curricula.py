@@ -335,11 +335,14 @@ class SVGG(Curriculum):
         self.start_mean = starts.mean(0)
         self.predictor.fit(np.concatenate([starts, goals], 1), labels, c.predictor_epochs, c.predictor_batch,
                            c.predictor_lr, self.rng)
+        self._fit_validity()
+        self.fits += 1
+
+    def _fit_validity(self) -> None:
         achieved = np.stack(self.achieved)
         if len(achieved) > 2000:  # the SVM's cost grows quadratically: a random subset as in the code's 5k
             achieved = achieved[self.rng.choice(len(achieved), 2000, replace=False)]
         self.validity.fit(achieved, self.rng)
-        self.fits += 1
 
     def predicted_success(self, goals: torch.Tensor) -> torch.Tensor:
         start = torch.as_tensor(self.start_mean, dtype=torch.float32).expand(goals.shape[0], -1)
@@ -377,13 +380,9 @@ class SVGG(Curriculum):
         if state["predictor"] is not None:
             self.predictor = SuccessPredictor(d + self.goal_dim, self.config.predictor_hidden)
             self.predictor.load_state_dict(state["predictor"])
-            self.refit_validity_only()
-
-    def refit_validity_only(self) -> None:
-        starts = np.stack([s for s, _, _ in self.history])
-        self.start_mean = starts.mean(0)
-        achieved = np.stack(self.achieved)[-2000:]
-        self.validity.fit(achieved, self.rng)
+            # the SVM is not in the checkpoint: refit it on the restored achieved goals
+            self.start_mean = np.stack([s for s, _, _ in self.history]).mean(0)
+            self._fit_validity()
 
 
 def make_curriculum(config: CurriculumConfig, goal_space: Any = None) -> Curriculum | None:

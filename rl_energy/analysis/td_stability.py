@@ -161,6 +161,14 @@ def _operator_norm(m: np.ndarray) -> float:
     return float(np.linalg.norm(m, 2))
 
 
+def _condition_terms(mats: TDMatrices, alpha: float) -> tuple[float, float, float]:
+    """``(|1 − αλ*_H|, ‖I + αJ_TD‖, ‖J_FPE‖)`` on ``range(Φ)``: the ingredients of ``C(α, k)``."""
+    lam = np.linalg.eigvalsh(mats.on_range(mats.phi))
+    eye = np.eye(mats.range_basis.shape[1])
+    return (float(np.abs(1.0 - alpha * lam).max()), _operator_norm(eye + alpha * mats.on_range(mats.j_td)),
+            _operator_norm(mats.on_range(mats.j_fpe)))
+
+
 def condition_function(mats: TDMatrices, alpha: float, k: int | np.ndarray) -> np.ndarray:
     """The paper's bound (Def. 1, digest §3), operator 2-norms on ``range(Φ)``:
 
@@ -169,11 +177,7 @@ def condition_function(mats: TDMatrices, alpha: float, k: int | np.ndarray) -> n
     with ``λ*_H`` the nonzero Hessian eigenvalue maximising ``|1 − αλ|``. ``C < 1`` is sufficient for
     geometric convergence (Thm. 3); it needs ``‖J_FPE‖ < 1`` (the FPE-stability Assumption 5).
     """
-    lam = np.linalg.eigvalsh(mats.on_range(mats.phi))
-    contraction = float(np.abs(1.0 - alpha * lam).max())
-    eye = np.eye(mats.range_basis.shape[1])
-    td_norm = _operator_norm(eye + alpha * mats.on_range(mats.j_td))
-    fpe_norm = _operator_norm(mats.on_range(mats.j_fpe))
+    contraction, td_norm, fpe_norm = _condition_terms(mats, alpha)
     decay = contraction ** (np.asarray(k, dtype=np.float64) - 1.0)
     return decay * td_norm + (1.0 + decay) * fpe_norm
 
@@ -181,11 +185,7 @@ def condition_function(mats: TDMatrices, alpha: float, k: int | np.ndarray) -> n
 def condition_threshold_k(mats: TDMatrices, alpha: float) -> float | None:
     """Theorem 4's ``k*``: the smallest real ``k`` with ``C(α, k) < 1``, or None if no k reaches it
     (``‖J_FPE‖ ≥ 1``, or ``|1 − αλ*_H| ≥ 1``)."""
-    lam = np.linalg.eigvalsh(mats.on_range(mats.phi))
-    contraction = float(np.abs(1.0 - alpha * lam).max())
-    eye = np.eye(mats.range_basis.shape[1])
-    td_norm = _operator_norm(eye + alpha * mats.on_range(mats.j_td))
-    fpe_norm = _operator_norm(mats.on_range(mats.j_fpe))
+    contraction, td_norm, fpe_norm = _condition_terms(mats, alpha)
     if fpe_norm >= 1.0 or contraction >= 1.0:
         return None
     if td_norm + 2 * fpe_norm < 1.0:
@@ -323,7 +323,7 @@ def format_report(rows: list[TDRow], mdp: LinearMDP, alpha: float, updates: int,
     eig = np.linalg.eigvals(mats.j_td)
     k_star = smallest_stable_k(mats, alpha)
     k_bound = condition_threshold_k(mats, alpha)
-    fpe = _operator_norm(mats.on_range(mats.j_fpe))
+    fpe = _condition_terms(mats, alpha)[2]
     lines = [
         f"TD stability of {env_id or 'the linear MDP'}: alpha = {alpha}, gamma = {mdp.gamma}, "
         f"{len(mdp.state_dist)} states, {mdp.features.shape[1]} features",
