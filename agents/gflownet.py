@@ -11,8 +11,9 @@ learns a scalar ``log Z`` with its own, larger learning rate. Per update (GFlowN
    optionally cut at random lengths (``truncate``; DB and FL-DB only);
 2. evaluate the network on every visited state at once, and with ``x`` the terminal object form the
    log-flows ``G_t`` along the trajectory: ``G_t = log F(s_t)``; ``G_t = log R(s_t)`` where exit is the
-   only action (then ``F(x) = R(x)`` exactly, i.e. ``log F̃(x) = 0`` for FL-DB); and after the exit
-   transition ``G = log R(x)``, so ``F(x) P_F(exit|x) = R(x)`` is a balance like any other;
+   only action (then ``F(x) = R(x)`` exactly, i.e. ``log F̃(x) = 0`` for FL-DB, unless
+   ``terminal_flow: learned`` frees it as the FL-GFN set code does); and after the exit transition
+   ``G = log R(x)``, so ``F(x) P_F(exit|x) = R(x)`` is a balance like any other;
 3. the loss of the chosen objective, with ``δ_t = log P_F(s_{t+1}|s_t) - log P_B(s_t|s_{t+1})``
    (``log P_B = 0`` for exit):
 
@@ -73,6 +74,12 @@ class GFlowNetConfig:
     eval_samples: int = 2048
     """Trajectories sampled on-policy at each evaluation (top-k reward, modes)."""
     top_k: int = 100
+    terminal_flow: str = "reward"
+    """FL-DB at states whose only action is exit (full sets): ``reward`` clamps ``F(x) = R(x)``, i.e.
+    ``log F̃(x) = 0`` (the paper's eq. 9, digest §2: the sampler targets ``R/Z``); ``learned`` leaves
+    ``log F̃(x)`` a free output and skips the compulsory exit, as the FL-GFN set code does. Then nothing
+    ties the terminal flow to ``R``: the sampler targets ``R(x) F̃(x)``, measured far sharper than
+    ``R/Z`` (docs/reproductions.md). For reproducing the paper's set-generation curves only."""
     probe_samples: int = 0
     """On-policy trajectories sampled after every update for ``top_k_found``, the mean reward of the best
     ``top_k`` distinct objects among all probes so far (the FL-DB paper's set metric, 16 per step)."""
@@ -88,6 +95,7 @@ class GFlowNetConfig:
         require(self, "truncate", 0.0 <= self.truncate <= 1.0, "in [0, 1]")
         require(self, "eval_samples", self.eval_samples >= 1, ">= 1")
         require(self, "top_k", self.top_k >= 1, ">= 1")
+        require(self, "terminal_flow", self.terminal_flow in ("reward", "learned"), "reward or learned")
         require(self, "probe_samples", self.probe_samples >= 0, ">= 0")
 
 
@@ -116,10 +124,14 @@ def balance_terms(
     backward_logits: torch.Tensor | None,
     log_state_flow: torch.Tensor | None,
     forward_looking: bool = False,
+    free_terminal_flow: bool = False,
 ) -> BalanceTerms:
     """The quantities every balance loss is built from, given the network's outputs at every position
     (``forward_logits [B, T+1, n_actions]``, ``backward_logits [B, T+1, n_actions-1]`` or ``None`` for a
-    uniform ``P_B``, ``log_state_flow [B, T+1]`` or ``None`` for TB)."""
+    uniform ``P_B``, ``log_state_flow [B, T+1]`` or ``None`` for TB).
+
+    ``free_terminal_flow`` (FL-DB only) leaves ``log F̃(x)`` a network output at states that must exit
+    and drops their exit transition, as the FL-GFN set code does, instead of clamping ``F(x) = R(x)``."""
     states, actions = trajs.states, trajs.actions
     b, t1 = states.shape[:2]
     pos = torch.arange(t1, device=states.device)
@@ -146,7 +158,11 @@ def balance_terms(
         log_flow = log_state_flow - dag.energy(states) if forward_looking else log_state_flow
     must_exit = fmask[..., -1] & (fmask.sum(-1) == 1)
     sink = (pos[None, :] == trajs.lengths[:, None]) & trajs.complete[:, None]
-    log_flow = torch.where(must_exit | sink, log_r_states, log_flow)
+    if free_terminal_flow:  # FL-GFN set code: log F̃(x) is an output; the compulsory exit is not balanced
+        log_flow = torch.where(sink, log_r_states, log_flow)
+        valid = valid & ~(is_exit & must_exit[:, :-1])
+    else:
+        log_flow = torch.where(must_exit | sink, log_r_states, log_flow)
     log_reward = log_r_states[torch.arange(b, device=states.device), trajs.lengths]
     return BalanceTerms(log_pf, log_pb, log_flow, valid, log_reward)
 
@@ -191,6 +207,9 @@ class GFlowNet(Agent):
         if c.truncate > 0 and self.objective in ("tb", "subtb"):
             raise ConfigError(f"config key 'agent.truncate': {self.objective} balances whole trajectories and "
                               "cannot learn from truncated ones; use db or fldb")
+        if c.terminal_flow != "reward" and self.objective != "fldb":
+            raise ConfigError(f"config key 'agent.terminal_flow': only fldb can leave the terminal flow free "
+                              f"({self.objective} would never see the reward); use reward")
         self.dag = dag
         self.forward_looking = self.objective == "fldb"
         self.learned_pb = c.backward_policy == "learned"
@@ -213,7 +232,8 @@ class GFlowNet(Agent):
         a = self.dag.n_actions
         bwd = out[..., a : 2 * a - 1] if self.learned_pb else None
         flow = out[..., -1] if self.uses_flow else None
-        return balance_terms(self.dag, trajs, out[..., :a], bwd, flow, self.forward_looking)
+        return balance_terms(self.dag, trajs, out[..., :a], bwd, flow, self.forward_looking,
+                             self.forward_looking and self.config.terminal_flow == "learned")
 
     def loss(self, trajs: Trajectories) -> torch.Tensor:
         terms = self.terms(trajs)

@@ -116,6 +116,11 @@ class DAGEnv:
         """A bijection from states to ``0 .. num_states-1``."""
         raise NotImplementedError
 
+    def state_keys(self, states: torch.Tensor) -> list[int]:
+        """Hashable keys of ``states [n, state_dim]`` (distinct states, distinct keys), for counting the
+        distinct objects a sampler found; :meth:`state_index` by default."""
+        return self.state_index(states).tolist()
+
     def _all_states(self) -> torch.Tensor:
         raise NotImplementedError
 

@@ -70,6 +70,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextmanager
+def env_kwargs_errors(env_id: str) -> Iterator[None]:
+    """Turn an env constructor's rejection of its arguments into a :class:`ConfigError` naming ``env_kwargs``."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key 'env_kwargs' of '{env_id}': {exc}") from None
+
+
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None,
                     curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
     """A vector env in ``NEXT_STEP`` autoreset mode with Box actions rescaled to [-1, 1] (Discrete ones
@@ -79,6 +88,8 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None,
     not used). Goal envs get :class:`~rl_energy.goals.FlattenGoal` and, with a ``curriculum``,
     :class:`~rl_energy.goals.CurriculumGoals` on every sub-env."""
     check_env_id(env_id)
+    with env_kwargs_errors(env_id):
+        gym.make(env_id, **(env_kwargs or {})).close()  # one env first: a clear error for bad env_kwargs
     if env_id.startswith("rl_energy/") and gym.spec(env_id).vector_entry_point is not None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
         mode = envs.metadata.get("autoreset_mode")
@@ -539,7 +550,8 @@ class TrajectoryTrainer(RunLoop):
         cfg.train.matmul_precision = "fp32"  # GFlowNet networks keep float32 (see agents/gflownet.py)
         self._open(cfg, run_dir, resume, verbose)
         check_env_id(cfg.env_id)
-        env = gym.make(cfg.env_id, **cfg.env_kwargs)
+        with env_kwargs_errors(cfg.env_id):
+            env = gym.make(cfg.env_id, **cfg.env_kwargs)
         dag = getattr(env.unwrapped, "dag", None)
         env.close()
         if not isinstance(dag, DAGEnv):
@@ -589,7 +601,7 @@ class TrajectoryTrainer(RunLoop):
         from rl_energy.trajectories import sample_trajectories
 
         x = sample_trajectories(self.dag, self.agent.forward_logits, n).terminal_states()
-        self.probe_log_rewards.update(zip(self.dag.state_index(x).tolist(), self.dag.log_reward(x).tolist(),
+        self.probe_log_rewards.update(zip(self.dag.state_keys(x), self.dag.log_reward(x).tolist(),
                                           strict=True))
 
     def top_k_found(self) -> float:

@@ -61,6 +61,8 @@ def test_set_generation_log_partition_matches_enumeration():
     assert int(full.sum()) == 210
     brute = float(torch.logsumexp(-dag.energy(states[full]).double(), 0))
     assert dag.true_log_partition() == pytest.approx(brute, abs=1e-5)
+    log_r = -dag.energy(states[full]).double()
+    assert dag.target_mean_log_reward() == pytest.approx(float((log_r.softmax(0) * log_r).sum()), abs=1e-5)
     assert torch.allclose(dag.log_reward(states[full]), -(states[full].float() @ dag.element_energy))
 
 
@@ -192,6 +194,61 @@ def test_fldb_equals_db_with_forward_looking_flow():
     manual = log_f_tilde[:, :-1] + fl.log_pf - log_f_tilde[:, 1:] - fl.log_pb + e[:, 1:] - e[:, :-1]
     res = fl.log_flow[:, :-1] + fl.delta - fl.log_flow[:, 1:]
     assert torch.allclose(res[t], manual[t], atol=1e-5)
+
+
+def test_free_terminal_flow_is_the_fl_gfn_code_form():
+    """``terminal_flow: learned``: log F̃(x) of a full set enters the last move's residual (it is clamped to 0
+    otherwise), the compulsory exit carries no loss, and the other residuals are unchanged."""
+    torch.manual_seed(0)
+    dag = small_set()
+    trajs = sample_trajectories(dag, lambda o: torch.zeros(o.shape[0], 7), 64)
+    shape = trajs.states.shape[:2]
+    fwd, bwd, log_f_tilde = torch.randn(*shape, 7), torch.randn(*shape, 6), torch.randn(shape)
+    clamped = balance_terms(dag, trajs, fwd, bwd, log_f_tilde, True)
+    free = balance_terms(dag, trajs, fwd, bwd, log_f_tilde, True, free_terminal_flow=True)
+    before_sink = torch.arange(shape[1])[None] < trajs.lengths[:, None]
+    full = dag.forward_mask(trajs.states)[..., -1] & before_sink  # full sets, before their exit
+    e = dag.energy(trajs.states)
+    assert torch.allclose(free.log_flow[full], log_f_tilde[full] - e[full])
+    assert torch.allclose(clamped.log_flow[full], -e[full])
+    exits = clamped.valid & (trajs.actions == dag.exit_action)
+    assert int(exits.sum()) == 64 and not bool((free.valid & exits).any())
+    moves = clamped.valid & ~exits
+    assert torch.equal(free.valid, moves)
+    last_move = moves & full[:, 1:]
+    res = lambda t: t.log_flow[:, :-1] + t.delta - t.log_flow[:, 1:]  # noqa: E731
+    assert torch.allclose(res(free)[last_move], res(clamped)[last_move] - log_f_tilde[:, 1:][last_move])
+    assert torch.allclose(res(free)[moves & ~last_move], res(clamped)[moves & ~last_move])
+    with pytest.raises(ConfigError, match="agent.terminal_flow"):
+        TBGFlowNet(dag, GFlowNetConfig(terminal_flow="learned"))
+    with pytest.raises(ConfigError, match="agent.terminal_flow"):
+        GFlowNetConfig(terminal_flow="free").validate()
+
+
+def test_paper_energies_and_large_universes():
+    from rl_energy.envs.set_generation import paper_energies
+
+    env = gym.make("rl_energy/SetGeneration-v0", size="medium", energies="paper")
+    dag = env.unwrapped.dag
+    assert (dag.universe, dag.set_size) == (80, 60)
+    values, counts = dag.element_energy.unique(return_counts=True)
+    assert len(values) == 10 and counts.tolist() == [8] * 10
+    assert sorted(paper_energies("small"))[:3] == pytest.approx([-0.43814, -0.43814, -0.43814], abs=1e-5)
+    with pytest.raises(ValueError, match="paper's size small"):
+        gym.make("rl_energy/SetGeneration-v0", universe=10, set_size=4, energies="paper")
+    # 80 elements do not fit an int64 index; the probe keys stay exact and distinct
+    states = torch.zeros(4, 80, dtype=torch.long)
+    states[1, 79] = states[2, 0] = states[3, 61] = states[3, 62] = 1
+    assert dag.state_keys(states) == [0, 2**79, 1, 2**61 + 2**62]
+    with pytest.raises(ValueError, match="state_keys"):
+        dag.state_index(states)
+
+
+def test_bad_env_kwargs_name_the_key(tmp_path):
+    cfg = resolve_config("fldb", "rl_energy/SetGeneration-v0", get_agent("fldb").config_cls,
+                         overrides=["env_kwargs.energies=papr"])
+    with pytest.raises(ConfigError, match="env_kwargs.*'paper'"):
+        TrajectoryTrainer(cfg, tmp_path / "x", verbose=False)
 
 
 def test_truncation():
