@@ -52,6 +52,8 @@ class CurriculumConfig:
     """Temperature of the Beta term."""
     beta_a: float = 2.0
     beta_b: float = 2.0
+    validity_weight: float = 1.0
+    """Weight ``λ`` of ``log p_valid`` in the target (1 in the paper)."""
     history: int = 300
     """Episodes the predictor trains on."""
     predictor_hidden: list[int] = field(default_factory=lambda: [64, 64])
@@ -82,6 +84,7 @@ class CurriculumConfig:
         for key in ("kernel_sigma", "svgd_lr", "beta_a", "beta_b", "predictor_lr", "svm_gamma"):
             require(self, key, getattr(self, key) > 0, "> 0", sec)
         require(self, "beta", self.beta >= 0, ">= 0", sec)
+        require(self, "validity_weight", self.validity_weight >= 0, ">= 0", sec)
         require(self, "svm_nu", 0 < self.svm_nu <= 1, "in (0, 1]", sec)
 
 
@@ -349,9 +352,10 @@ class SVGG(Curriculum):
         return self.predictor(torch.cat([start, goals], -1))
 
     def log_density(self, goals: torch.Tensor) -> torch.Tensor:
-        """``β Beta_{a,b}(D_φ(s0, g)) + log p_valid(g)`` (digest §2b)."""
+        """``β Beta_{a,b}(D_φ(s0, g)) + λ log p_valid(g)`` (digest §2b; λ = ``validity_weight``, 1 there)."""
         c = self.config
-        return c.beta * beta_density(self.predicted_success(goals), c.beta_a, c.beta_b) + self.validity.log_prob(goals)
+        return (c.beta * beta_density(self.predicted_success(goals), c.beta_a, c.beta_b)
+                + c.validity_weight * self.validity.log_prob(goals))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
