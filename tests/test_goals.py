@@ -181,6 +181,13 @@ def test_svgg_target_density_prefers_intermediate_difficulty():
     assert d[0] > 0.8 and d[2] < 0.2
     assert density[1] > density[0] and density[1] > density[2]  # the frontier, D ≈ 0.5, is preferred
     assert beta_density(torch.tensor(0.5), 2, 2) == pytest.approx(1.5)
+    # validity_weight λ scales log p_valid in the target and nothing else
+    goals = torch.tensor([[0.2, 0.2], [1.8, 1.8], [6.0, 6.0]])
+    with torch.no_grad():
+        base, log_valid = svgg.log_density(goals), svgg.validity.log_prob(goals)
+        svgg.config.validity_weight = 3.0
+        assert torch.allclose(svgg.log_density(goals), base + 2.0 * log_valid, atol=1e-5)
+    assert float(log_valid[2]) < -1.0  # off the map
 
 
 # ------------------------------------------------------------------------------------------ trainer
