@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (one thread each)")
     parser.add_argument("--grid-trajectories", type=int, default=32_000)
     parser.add_argument("--set-steps", type=int, default=10_000, help="updates of 16 trajectories, small set task")
-    parser.add_argument("--medium-steps", type=int, default=10_000, help="updates of 16 trajectories, medium")
+    parser.add_argument("--medium-steps", type=int, default=4_000, help="updates of 16 trajectories, medium")
     parser.add_argument("--set-sizes", default="small,medium", help="comma-separated: small, medium, large")
     parser.add_argument("--experiments", default="grid,set", help="comma-separated: grid, set (set includes "
                         "the truncated-trajectory runs)")
