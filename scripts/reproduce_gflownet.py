@@ -37,8 +37,10 @@ TORCHGFN_TB_L1_4x8 = 0.25
 SET_ARMS = {"db": ("db", []), "tb": ("tb", []), "subtb": ("subtb", []), "fldb": ("fldb", []),
             "fldb_code": ("fldb", ["agent.terminal_flow=learned"])}
 """Set-generation arms: name -> (agent, overrides)."""
-MEDIUM_EPSILON = {"db": 1.0, "tb": 0.0625, "subtb": 1.0, "fldb": 0.5}
-"""The FL-GFN code's ε at medium size (its grid search; small uses the shipped configs' values)."""
+EPSILON = {"medium": {"db": 1.0, "tb": 0.0625, "subtb": 1.0, "fldb": 0.5},
+           "large": {"db": 1.0, "tb": 0.0, "subtb": 1.0, "fldb": 0.5}}
+"""The FL-GFN code's ε by size (its grid search; SubTB, absent there, as DB; small uses the shipped
+configs' values)."""
 
 
 def run_one(job: dict) -> dict:
@@ -89,7 +91,7 @@ def jobs_for(args: argparse.Namespace) -> list[dict]:
             if size != "small":
                 run.append(f"env_kwargs.size={size}")
             for arm, (agent, extra) in SET_ARMS.items():
-                eps = [f"agent.epsilon={MEDIUM_EPSILON[agent]}"] if size != "small" else []
+                eps = [f"agent.epsilon={EPSILON[size][agent]}"] if size != "small" else []
                 jobs.append({"name": f"set_{size}_{arm}", "agent": agent, "env": "rl_energy/SetGeneration-v0",
                              "seed": seed, "overrides": [*run, *eps, *extra]})
             if size == "small":
@@ -120,7 +122,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (one thread each)")
     parser.add_argument("--grid-trajectories", type=int, default=32_000)
     parser.add_argument("--set-steps", type=int, default=10_000, help="updates of 16 trajectories, small set task")
-    parser.add_argument("--medium-steps", type=int, default=4_000, help="updates of 16 trajectories, medium")
+    parser.add_argument("--medium-steps", type=int, default=4_000,
+                        help="updates of 16 trajectories, medium and large")
     parser.add_argument("--set-sizes", default="small,medium", help="comma-separated: small, medium, large")
     parser.add_argument("--experiments", default="grid,set", help="comma-separated: grid, set (set includes "
                         "the truncated-trajectory runs)")
