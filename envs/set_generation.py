@@ -120,23 +120,24 @@ class SetGeneration(DAGEnv):
         idx = torch.arange(self.num_states, device=self.device)
         return (idx[:, None] // self._bits) % 2
 
-    def true_log_partition(self) -> float:
-        """``log e_k(w)`` with ``w_u = exp(-e(u))``: ``L_j ← logaddexp(L_j, L_{j-1} - e(u))`` per element."""
-        log_e = torch.full((self.set_size + 1,), -torch.inf, dtype=torch.float64)
+    def _log_partition(self, theta: torch.Tensor) -> torch.Tensor:
+        """``log e_k(w)`` with ``w_u = exp(-θ e(u))``: ``L_j ← logaddexp(L_j, L_{j-1} - θ e(u))`` per element
+        (differentiable in ``θ``; ``-1e30`` stands for ``log 0`` without the nan gradients of ``-inf``)."""
+        log_e = torch.full((self.set_size + 1,), -1e30, dtype=torch.float64)
         log_e[0] = 0.0
         for e in self.element_energy.double().cpu():
-            log_e[1:] = torch.logaddexp(log_e[1:], log_e[:-1] - e)
-        return float(log_e[-1])
+            log_e = torch.cat([log_e[:1], torch.logaddexp(log_e[1:], log_e[:-1] - theta * e)])
+        return log_e[-1]
+
+    def true_log_partition(self) -> float:
+        """``log Z = log e_k(exp(-e(u)))``."""
+        return float(self._log_partition(torch.ones((), dtype=torch.float64)))
 
     def target_mean_log_reward(self) -> float:
-        """``E_{x ~ R/Z}[log R(x)] = d log Z(θ)/dθ`` at ``θ = 1`` for ``Z(θ) = Σ_x exp(-θ E(x))``, by
-        differentiating the elementary-symmetric recursion: how sharp an exact sampler is."""
+        """``E_{x ~ R/Z}[log R(x)] = d log Z(θ)/dθ`` at ``θ = 1`` for ``Z(θ) = Σ_x exp(-θ E(x))``: how sharp
+        an exact sampler is."""
         theta = torch.ones((), dtype=torch.float64, requires_grad=True)
-        low = torch.full((), -1e30, dtype=torch.float64)  # log 0 without the nan gradients of -inf
-        log_e = [torch.zeros((), dtype=torch.float64)] + [low] * self.set_size
-        for e in self.element_energy.double().cpu():
-            log_e = [log_e[0]] + [torch.logaddexp(log_e[j], log_e[j - 1] - theta * e) for j in range(1, len(log_e))]
-        (grad,) = torch.autograd.grad(log_e[-1], theta)
+        (grad,) = torch.autograd.grad(self._log_partition(theta), theta)
         return float(grad)
 
     def observation_space(self) -> gym.Space:
