@@ -7,8 +7,9 @@ the shipped configs, several seeds, in parallel processes:
    over states, torchgfn's form) between the sampler's terminal distribution and ``R/Z``, both exact
    (dynamic programming) and empirical from 200k samples as torchgfn measures it. Reference: torchgfn's
    regression figure for TB, 0.25 (GFlowNet digest §7).
-2. **Set generation, small** (|U| = 30, k = 20) **and medium** (80, 60) with the FL-GFN code's energies
-   and per-objective exploration ε, steps of 16 trajectories, with the paper's metric: after every
+2. **Set generation, small** (|U| = 30, k = 20), **medium** (80, 60) and **large** (100, 80;
+   ``--set-sizes``) with the FL-GFN code's energies and per-objective exploration ε, steps of 16
+   trajectories, with the paper's metric: after every
    update 16 on-policy probe trajectories are drawn, and the curve is the mean reward of the best 100
    distinct sets among all probes so far (``agent.probe_samples=16``, column ``top_k_found``). The
    paper's claim: FL-DB beats DB at equal steps. FL-DB runs in two forms: ``fldb`` (log F̃(x) = 0 at full
