@@ -25,10 +25,9 @@ import torch
 from tensordict import TensorDict
 
 from rl_energy.agent import Agent
-from rl_energy.config import require
 from rl_energy.envs.bubble import OBS_SCALE
 from rl_energy.envs.bubble_dynamics import BubbleParams, bjerknes_force_linear
-from rl_energy.registry import register_agent
+from rl_energy.errors import require
 
 LOWEST_REACHABLE = 0.125
 """The 50 kHz pressure antinode (``λ_0/8``): the lowest stable linear equilibrium."""
@@ -62,9 +61,10 @@ def equilibrium_amplitudes(target: np.ndarray, amplitude: float, params: BubbleP
     return amplitude * np.stack([p1, p2], -1)
 
 
-@register_agent("bubble_linear", BubbleLinearConfig)
 class BubbleLinear(Agent):
     """Amplitudes from the linear theory of the primary Bjerknes force; no parameters, no training."""
+
+    Config = BubbleLinearConfig
 
     trainable = False
 

@@ -21,12 +21,10 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_energy.agent import Agent, assert_finite
-from rl_energy.config import require, validate_actor_critic
-from rl_energy.nets import EnsembleMLP, mlp, polyak_update
+from rl_energy.config import validate_actor_critic
+from rl_energy.errors import require
+from rl_energy.nets import ACTIVATIONS, EnsembleMLP, mlp, polyak_update
 from rl_energy.optim import adam
-from rl_energy.registry import register_agent
-
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 @dataclass
@@ -48,9 +46,10 @@ class DDPGConfig:
         require(self, "activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
 
 
-@register_agent("ddpg", DDPGConfig)
 class DDPG(Agent):
     """Deep Deterministic Policy Gradient with Gaussian exploration noise."""
+
+    Config = DDPGConfig
 
     metric_names = ("critic_loss", "actor_loss", "q_mean")
 

@@ -36,11 +36,10 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_energy.agent import Agent, CompiledFn, assert_finite
-from rl_energy.config import require
+from rl_energy.errors import require
 from rl_energy.flows import ConditionalFlow, FlowDensity
 from rl_energy.nets import Dropout, EnsembleMLP, advance_dropout_seeds, polyak_update
 from rl_energy.optim import adam
-from rl_energy.registry import register_agent
 
 
 @dataclass
@@ -81,9 +80,10 @@ class EBFlowConfig:
             require(self, key, bool(widths) and min(widths) >= 1, "a list of positive widths")
 
 
-@register_agent("ebflow", EBFlowConfig)
 class EBFlow(Agent):
     """MEow: energy-based normalizing-flow policy; Q and V from one flow, one loss (MaxEnt RL)."""
+
+    Config = EBFlowConfig
 
     metric_names = ("loss", "q_mean", "v_mean", "shift_gap", "log_std_mean", "alpha", "grad_norm")
 

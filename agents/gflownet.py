@@ -40,14 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_energy.agent import Agent, assert_finite
-from rl_energy.config import ConfigError, require
 from rl_energy.envs.dag import DAGEnv
-from rl_energy.nets import mlp
+from rl_energy.errors import ConfigError, require
+from rl_energy.nets import ACTIVATIONS, mlp
 from rl_energy.optim import adam
-from rl_energy.registry import register_agent
 from rl_energy.trajectories import Trajectories
-
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
 
 
 @dataclass
@@ -197,6 +194,7 @@ def subtrajectory_balance_loss(terms: BalanceTerms, lam: float) -> torch.Tensor:
 class GFlowNet(Agent):
     """GFlowNet sampler (set ``objective`` in a subclass: db, tb, subtb or fldb)."""
 
+    Config = GFlowNetConfig
     collection = "trajectories"
     objective: ClassVar[str] = "tb"
     metric_names = ("loss", "log_z")
@@ -265,28 +263,24 @@ class GFlowNet(Agent):
         return log_f - self.dag.energy(s0)[0] if self.forward_looking else log_f
 
 
-@register_agent("db", GFlowNetConfig)
 class DBGFlowNet(GFlowNet):
     """GFlowNet, detailed balance (Bengio et al. 2023, "GFlowNet Foundations")."""
 
     objective = "db"
 
 
-@register_agent("tb", GFlowNetConfig)
 class TBGFlowNet(GFlowNet):
     """GFlowNet, trajectory balance (Malkin et al. 2022)."""
 
     objective = "tb"
 
 
-@register_agent("subtb", GFlowNetConfig)
 class SubTBGFlowNet(GFlowNet):
     """GFlowNet, sub-trajectory balance SubTB(λ) (Madan et al. 2023)."""
 
     objective = "subtb"
 
 
-@register_agent("fldb", GFlowNetConfig)
 class FLDBGFlowNet(GFlowNet):
     """GFlowNet, forward-looking detailed balance with energies of intermediate states (Pan et al. 2023)."""
 

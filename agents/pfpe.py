@@ -30,12 +30,10 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_energy.agent import Agent, assert_finite
-from rl_energy.config import ConfigError, require
-from rl_energy.nets import mlp
+from rl_energy.errors import ConfigError, require
+from rl_energy.nets import ACTIVATIONS, mlp, polyak_update
 from rl_energy.optim import adam
-from rl_energy.registry import register_agent
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 MODES = ("control", "evaluation")
 TARGET_UPDATES = ("hard", "polyak", "momentum")
 
@@ -98,9 +96,10 @@ class PFPEConfig:
                     "as long as agent.target_policy and > 0 wherever it is")
 
 
-@register_agent("pfpe", PFPEConfig)
 class PFPE(Agent):
     """Partially fitted policy evaluation / DQN: TD against a target network refreshed every k steps."""
+
+    Config = PFPEConfig
 
     discrete_actions = True
     metric_names = ("loss", "q_mean", "weight_norm")
@@ -198,7 +197,7 @@ class PFPE(Agent):
         c = self.config
         online, target, prev = self._online, self._target, self._target_prev
         if c.target_update == "polyak":
-            torch._foreach_lerp_(target, online, c.tau)
+            polyak_update(target, online, c.tau)
         elif self.num_updates % c.target_period == 0:
             if c.target_update == "momentum":
                 new = [w + c.momentum * (t - p) for w, t, p in zip(online, target, prev, strict=True)]

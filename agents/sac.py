@@ -28,10 +28,10 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_energy.agent import Agent, assert_finite
-from rl_energy.config import require, validate_actor_critic
+from rl_energy.config import validate_actor_critic
+from rl_energy.errors import require
 from rl_energy.nets import EnsembleMLP, mlp, polyak_update
 from rl_energy.optim import adam
-from rl_energy.registry import register_agent
 
 
 @dataclass
@@ -82,9 +82,10 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(u), log_prob
 
 
-@register_agent("sac", SACConfig)
 class SAC(Agent):
     """Soft Actor-Critic with twin critics and automatic entropy tuning (SB3/CleanRL-equivalent)."""
+
+    Config = SACConfig
 
     metric_names = ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")
 

@@ -7,6 +7,8 @@ and ``gym.make("rl_energy/<Name>-v0")`` imports the one it needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 
 ENV_SPECS: dict[str, dict] = {
@@ -23,15 +25,50 @@ ENV_SPECS: dict[str, dict] = {
                                          "max_episode_steps": 30, "kwargs": {"maze": "multiroom"}},
     "rl_energy/HyperGrid-v0": {"entry_point": "rl_energy.envs.hypergrid:HyperGridEnv"},
     "rl_energy/SetGeneration-v0": {"entry_point": "rl_energy.envs.set_generation:SetGenerationEnv"},
+    # one-step tasks (envs/tasks/): supervised and statistical papers as contextual bandits
+    "rl_energy/HierPoly-v0": {"entry_point": "rl_energy.envs.tasks.hierpoly:HierPolyTask"},
+    "rl_energy/ImbalancedRegression-v0": {
+        "entry_point": "rl_energy.envs.tasks.imbalanced_regression:ImbalancedRegressionTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 
-LINEAR_MDP_ENV_IDS = ("rl_energy/Baird-v0",)
-"""The envs whose ``unwrapped.linear_mdp()`` gives a :class:`rl_energy.analysis.td_stability.LinearMDP`
-(for ``rl-energy analyze td``)."""
 
-GFLOWNET_ENV_IDS = ("rl_energy/HyperGrid-v0", "rl_energy/SetGeneration-v0")
-"""The envs whose ``unwrapped.dag`` is a :class:`rl_energy.envs.dag.DAGEnv` (for GFlowNet agents)."""
+
+def _ids_whose_class(predicate: Callable[[type], bool]) -> list[str]:
+    """rl_energy's env ids whose class satisfies ``predicate`` (imports each env module; an env whose
+    optional dependency is missing is left out)."""
+    from rl_energy.errors import ConfigError
+    from rl_energy.registry import env_class
+
+    out = []
+    for env_id in ENV_SPECS:
+        try:
+            cls = env_class(env_id)
+        except (ImportError, ConfigError):
+            continue
+        if cls is not None and predicate(cls):
+            out.append(env_id)
+    return out
+
+
+def linear_mdp_env_ids() -> list[str]:
+    """The envs whose ``unwrapped.linear_mdp()`` gives a :class:`rl_energy.analysis.td_stability.LinearMDP`
+    (for ``rl-energy analyze td``)."""
+    return _ids_whose_class(lambda cls: callable(getattr(cls, "linear_mdp", None)))
+
+
+def gflownet_env_ids() -> list[str]:
+    """The envs whose ``unwrapped.dag`` is a :class:`rl_energy.envs.dag.DAGEnv` (for GFlowNet agents)."""
+    from rl_energy.envs.dag import DAGGymEnv
+
+    return _ids_whose_class(lambda cls: issubclass(cls, DAGGymEnv))
+
+
+def task_env_ids() -> list[str]:
+    """The one-step tasks (:class:`rl_energy.envs.tasks.OneStepTask`, for the ``contexts`` loop)."""
+    from rl_energy.envs.tasks.base import OneStepTask
+
+    return _ids_whose_class(lambda cls: issubclass(cls, OneStepTask))
 
 
 def register_all() -> None:

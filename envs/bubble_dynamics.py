@@ -30,8 +30,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from rl_energy.errors import import_optional
+
+numba = import_optional("numba", "the bubble env (rl_energy/BubblePosition-v0)")
 
 OK, STEP_UNDERFLOW, NON_FINITE, COLLAPSE, MAX_STEPS = 0, 1, 2, 3, 4
 STATUS_NAMES = {

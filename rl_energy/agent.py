@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import torch
@@ -84,10 +84,16 @@ class Agent(nn.Module):
     metric_names: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
     """False for controllers with nothing to learn (``rl-energy evaluate --agent NAME --env ID``)."""
-    collection: ClassVar[str] = "steps"
-    """How the trainer collects data for it: ``steps`` (transitions into a replay buffer, continuous
-    actions: :class:`~rl_energy.trainer.Trainer`) or ``trajectories`` (whole trajectories through a
-    GFlowNet DAG: :class:`~rl_energy.trainer.TrajectoryTrainer`, which builds the agent from the DAG)."""
+    collection: ClassVar[Literal["steps", "trajectories", "contexts"]] = "steps"
+    """How its data is collected, which picks the training loop in :data:`rl_energy.trainer.LOOPS`:
+    ``steps`` (transitions into a replay buffer: :class:`~rl_energy.trainer.Trainer`), ``trajectories``
+    (whole trajectories through a GFlowNet DAG: :class:`~rl_energy.trainer.TrajectoryTrainer`, which builds
+    the agent from the DAG) or ``contexts`` (batches of contexts of a one-step task:
+    :class:`~rl_energy.trainer.ContextTrainer`). Step agents run on one-step tasks too, through the
+    ``contexts`` loop, as maximum-entropy contextual bandits."""
+    uses_labels: ClassVar[bool] = False
+    """``contexts`` agents: True for full-information learners, whose :meth:`update` gets the batch's
+    ``obs`` and ``target``; False for reward-only ones, which act and get ``action`` and ``reward``."""
 
     discrete_actions: ClassVar[bool] = False
     """With ``collection = "steps"``: True for agents of ``Discrete`` action spaces (``act`` returns int64
@@ -102,7 +108,7 @@ class Agent(nn.Module):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
-        if self.collection == "steps":
+        if self.collection in ("steps", "contexts"):
             space_cls = gym.spaces.Discrete if self.discrete_actions else gym.spaces.Box
             if not isinstance(action_space, space_cls):
                 raise TypeError(f"{type(self).__name__} needs a {space_cls.__name__} action space, got {action_space}")
@@ -132,6 +138,10 @@ class Agent(nn.Module):
         floats only when it logs, so an update costs no host synchronisation.
         """
         raise NotImplementedError
+
+    def observe_train_split(self, data: TensorDict) -> None:
+        """``contexts`` agents: called once before training with the whole train split of the task
+        (for data-level statistics such as CISIR's label density); the base class needs none."""
 
     def compile_update(self) -> bool:
         """Compile the hot part of :meth:`update` (``train.compile``); returns whether the agent has one

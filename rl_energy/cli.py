@@ -83,7 +83,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from rl_energy.analysis.td_stability import format_report, td_report, write_figures
     from rl_energy.config import ConfigError
-    from rl_energy.envs import LINEAR_MDP_ENV_IDS
+    from rl_energy.envs import linear_mdp_env_ids
     from rl_energy.registry import check_env_id
 
     check_env_id(args.env_id)
@@ -101,7 +101,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if not hasattr(env.unwrapped, "linear_mdp"):
         env.close()
         raise ConfigError(f"environment '{args.env_id}' exposes no linear MDP (unwrapped.linear_mdp()); "
-                          f"the TD analysis supports: {', '.join(LINEAR_MDP_ENV_IDS)}")
+                          f"the TD analysis supports: {', '.join(linear_mdp_env_ids())}")
     mdp = env.unwrapped.linear_mdp()
     w0 = np.asarray(getattr(env.unwrapped, "init_weights", np.zeros(mdp.features.shape[1])), dtype=np.float64)
     env.close()
@@ -114,19 +114,16 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rl_energy.config import ConfigError, load_yaml_file, resolve_config, run_config_from_dict
+    from rl_energy.config import ConfigError, resolve_config
     from rl_energy.registry import check_env_id, get_agent
-    from rl_energy.trainer import TrainingError, TrainingInterrupted, default_run_dir, make_trainer
+    from rl_energy.trainer import TrainingError, TrainingInterrupted, default_run_dir, load_run_config, make_trainer
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        cfg = load_run_config(run_dir, need_checkpoint=False, what="--resume")
         if args.config or args.overrides or args.agent or args.env_id or args.seed is not None or args.curriculum:
             raise ConfigError("--resume continues a run as configured; only --total-steps, --device "
                               "and --quiet may be given with it")
-        saved = load_yaml_file(run_dir / "config.yaml")
-        cfg = run_config_from_dict(saved, get_agent(saved["agent_name"]).config_cls)
         if args.total_steps is not None:
             cfg.train.total_steps = args.total_steps
         if args.device is not None:
@@ -154,9 +151,10 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = make_trainer(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet)
     if not args.quiet:
-        compiled = ", torch.compile" if cfg.train.compile else ""
-        print(f"run directory: {run_dir} (device {trainer.device}, {cfg.train.matmul_precision} matmuls{compiled})",
-              flush=True)
+        facts = cfg.resolved
+        compiled = ", torch.compile" if facts.get("compile") else ""
+        print(f"run directory: {run_dir} (device {trainer.device}, {facts.get('matmul_precision', 'fp32')} "
+              f"matmuls{compiled})", flush=True)
     try:
         result = trainer.train()
     except TrainingInterrupted as exc:
@@ -170,21 +168,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from rl_energy.config import ConfigError, load_yaml_file, resolve_config
+    from rl_energy.config import ConfigError, resolve_config
     from rl_energy.registry import check_env_id, get_agent
-    from rl_energy.trainer import (
-        build_agent,
-        evaluate_policy,
-        final_line,
-        load_trained_agent,
-        make_vector_env,
-        resolve_device,
-    )
+    from rl_energy.trainer import EvalOptions, evaluate_run, loop_for
 
     if args.episodes < 1:
         raise ConfigError("--episodes must be >= 1")
+    opts = EvalOptions(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic,
+                       video=args.video, device=args.device)
     if args.agent or args.env_id:  # a controller without parameters: no run directory
         if args.run_dir or not (args.agent and args.env_id):
             raise ConfigError("evaluate takes either RUN_DIR, or --agent NAME --env ENV_ID (no run directory)")
@@ -194,49 +185,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                               "`rl-energy evaluate RUN_DIR`")
         check_env_id(args.env_id)
         cfg = resolve_config(args.agent, args.env_id, spec.config_cls, overrides=args.overrides)
-        seed = cfg.train.eval_seed if args.seed is None else args.seed
-        envs = make_vector_env(cfg.env_id, args.episodes, cfg.env_kwargs)
-        agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, resolve_device(args.device))
-        result = evaluate_policy(agent, envs, seed, args.deterministic)
-        envs.close()
-        print(final_line(result, args.deterministic))
+        print(loop_for(cfg).evaluate_controller(cfg, opts))
         return 0
     if args.overrides:
         raise ConfigError("--set applies to --agent/--env evaluations; a run is evaluated as it was trained")
     if not args.run_dir:
         raise ConfigError("evaluate needs RUN_DIR (or --agent NAME --env ENV_ID for a controller)")
-    saved = load_yaml_file(Path(args.run_dir) / "config.yaml") if (Path(args.run_dir) / "config.yaml").is_file() else {}
-    if saved and get_agent(saved.get("agent_name", "")).cls.collection == "trajectories":
-        return _evaluate_sampler(args)
-    agent, cfg, envs, step = load_trained_agent(args.run_dir, resolve_device(args.device), args.episodes)
-    seed = cfg.train.eval_seed if args.seed is None else args.seed
-    torch.manual_seed(seed)
-    if args.video:
-        from rl_energy.video import record_episodes
-
-        record_episodes(agent, cfg, Path(args.video), args.episodes, seed, args.deterministic)
-        print(f"videos written to {args.video}")
-    result = evaluate_policy(agent, envs, seed, args.deterministic)
-    envs.close()
-    print(f"step {step}: " + final_line(result, args.deterministic))
-    return 0
-
-
-def _evaluate_sampler(args: argparse.Namespace) -> int:
-    """``evaluate RUN_DIR`` of a GFlowNet run: the sampler metrics from ``--episodes`` x 100 samples."""
-    import torch
-
-    from rl_energy.analysis.gflownet import format_metrics, sampler_metrics
-    from rl_energy.config import ConfigError
-    from rl_energy.trainer import load_trained_sampler, resolve_device
-
-    if args.video:
-        raise ConfigError("--video needs an environment with frames; GFlowNet runs have none")
-    agent, cfg, step = load_trained_sampler(args.run_dir, resolve_device(args.device))
-    torch.manual_seed(cfg.train.eval_seed if args.seed is None else args.seed)
-    n = 100 * args.episodes
-    metrics = sampler_metrics(agent, agent.dag, n, agent.config.top_k)
-    print(f"trajectory {step}: {format_metrics(metrics)} ({n} samples; L1 and JSD exact)")
+    print(evaluate_run(args.run_dir, opts))
     return 0
 
 
@@ -246,7 +201,7 @@ def _list(args: argparse.Namespace) -> int:
 
     print("Agents:")
     for name, spec in agent_specs().items():
-        print(f"  {name:10s} {spec.summary}")
+        print(f"  {name:13s} {spec if isinstance(spec, Exception) else spec.summary}")
     ids = env_ids()
     own = [i for i in ids if i.startswith("rl_energy/")]
     print("\nrl-energy environments (gym.make('rl_energy/...')):")

@@ -16,7 +16,9 @@ Every file is read with ``yaml.safe_load``. An unknown key, a wrong type or an o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
 import math
 import types
 import typing
@@ -27,9 +29,9 @@ from typing import Any
 
 import yaml
 
+from rl_energy.errors import ConfigError, require
 
-class ConfigError(ValueError):
-    """A user error in a configuration file or override; the message names the key."""
+__all__ = ["ConfigError", "RunConfig", "TrainConfig", "require", "resolve_config", "run_config_from_dict"]
 
 
 @dataclass
@@ -46,11 +48,6 @@ class TrainConfig:
     """Uniform random actions (and no updates) until this many transitions are collected."""
     utd: float = 1.0
     """Update-to-data ratio: gradient steps per collected transition."""
-    her_ratio: float = 0.8
-    """Goal envs: fraction of replayed transitions relabelled with a future achieved goal (HER's
-    ``future`` strategy, :class:`rl_energy.buffers.HERReplayBuffer`); 0 disables HER."""
-    coverage_goals_per_cell: int = 4
-    """Goal mazes: evaluation goals per free cell of the success-coverage metric (0 disables it)."""
     eval_every: int = 10_000
     """Evaluate every this many steps (0 disables periodic evaluation; a final one always runs)."""
     eval_episodes: int = 10
@@ -81,11 +78,6 @@ class TrainConfig:
         for key in ["learning_starts", "eval_every", "checkpoint_every", "torch_threads"]:
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(self, key)}")
-        if not 0.0 <= self.her_ratio <= 1.0:
-            raise ConfigError(f"config key 'train.her_ratio' must be in [0, 1], got {self.her_ratio}")
-        if self.coverage_goals_per_cell < 0:
-            raise ConfigError(f"config key 'train.coverage_goals_per_cell' must be >= 0, got "
-                              f"{self.coverage_goals_per_cell}")
         if not (self.utd > 0 and math.isfinite(self.utd)):
             raise ConfigError(f"config key 'train.utd' must be a positive number, got {self.utd}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -98,9 +90,36 @@ class TrainConfig:
             raise ConfigError("config key 'train.buffer_size' must hold at least two steps of every env")
 
 
+EXTENSION_SECTIONS: dict[str, str] = {
+    "goals": "rl_energy.goals:GoalConfig",
+    "curriculum": "rl_energy.curricula:CurriculumConfig",
+}
+"""Config sections of the loop extensions (``section -> "module:Dataclass"``), imported when a config is built."""
+
+MOVED_KEYS: dict[str, str] = {
+    "train.her_ratio": "goals.her_ratio",
+    "train.coverage_goals_per_cell": "goals.coverage_goals_per_cell",
+}
+"""Keys that moved to another section: saved configs are migrated, user configs get a hint."""
+
+
+def _section_defaults() -> dict[str, Any]:
+    out = {}
+    for name, path in EXTENSION_SECTIONS.items():
+        module, _, attr = path.partition(":")
+        out[name] = getattr(importlib.import_module(module), attr)()
+    return out
+
+
 @dataclass
 class RunConfig:
-    """A fully resolved run: which agent on which env, with which settings."""
+    """A fully resolved run: which agent on which env, with which settings.
+
+    ``config.yaml`` holds every section (``train``, ``agent``, ``env_kwargs`` and the extensions' own,
+    :data:`EXTENSION_SECTIONS`, reachable as attributes: ``cfg.goals``, ``cfg.curriculum``) and, in
+    its own ``resolved`` block, the facts the run settled at start (device, matmul precision, whether
+    the update compiled, which loop ran); ``resolved`` is never read back as configuration.
+    """
 
     agent_name: str
     env_id: str
@@ -108,33 +127,42 @@ class RunConfig:
     agent: Any = None
     """The agent's own config dataclass (e.g. :class:`rl_energy.agents.sac.SACConfig`)."""
     env_kwargs: dict = field(default_factory=dict)
-    curriculum: Any = field(default_factory=lambda: _default_curriculum())
-    """Goal curriculum (:class:`rl_energy.curricula.CurriculumConfig`); ``name: none`` by default."""
+    sections: dict[str, Any] = field(default_factory=_section_defaults)
+    """The extensions' config sections by name (see :data:`EXTENSION_SECTIONS`)."""
+    resolved: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The config as the agent's defaults alone make it (:func:`resolve_config`; not saved): a loop
+    compares against it to reject settings it would ignore (:func:`changed_keys`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute or config section {name!r}")
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "agent_name": self.agent_name,
             "env_id": self.env_id,
             "env_kwargs": dict(self.env_kwargs),
             "train": dataclasses.asdict(self.train),
             "agent": dataclasses.asdict(self.agent) if self.agent is not None else {},
-            "curriculum": dataclasses.asdict(self.curriculum),
         }
+        out.update({name: dataclasses.asdict(section) for name, section in self.sections.items()})
+        if self.resolved:
+            out["resolved"] = dict(self.resolved)
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _default_curriculum() -> Any:
-    from rl_energy.curricula import CurriculumConfig  # lazy: curricula imports this module
-
-    return CurriculumConfig()
-
-
-def require(obj: Any, key: str, ok: bool, requirement: str, section: str = "agent") -> None:
-    """Raise :class:`ConfigError` naming ``section.key`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"config key '{section}.{key}' must be {requirement}, got {getattr(obj, key)!r}")
+def changed_keys(cfg: RunConfig, section: str) -> list[str]:
+    """``section.key`` names whose value differs from the agent's defaults (``[]`` without a snapshot)."""
+    if cfg.defaults is None or section not in cfg.defaults:
+        return []
+    now = cfg.to_dict()[section]
+    return [f"{section}.{k}" for k, v in now.items() if cfg.defaults[section].get(k) != v]
 
 
 def validate_actor_critic(obj: Any, positive: tuple[str, ...]) -> None:
@@ -220,6 +248,8 @@ def update_dataclass(obj: Any, values: dict, prefix: str) -> None:
     for key, value in values.items():
         full = f"{prefix}.{key}"
         if key not in names:
+            if full in MOVED_KEYS:
+                raise ConfigError(f"config key '{full}' is now '{MOVED_KEYS[full]}'")
             valid = ", ".join(sorted(names))
             raise ConfigError(f"unknown config key '{full}'; valid keys in '{prefix}': {valid}")
         setattr(obj, key, _coerce(value, hints[key], full))
@@ -235,18 +265,17 @@ def _apply(cfg: RunConfig, data: dict, source: str) -> None:
             update_dataclass(cfg.train, value, "train")
         elif key == "agent":
             update_dataclass(cfg.agent, value, "agent")
-        elif key == "curriculum":
-            update_dataclass(cfg.curriculum, value, "curriculum")
+        elif key in cfg.sections:
+            update_dataclass(cfg.sections[key], value, key)
         elif key == "env_kwargs":
             if not isinstance(value, dict):
                 raise ConfigError(f"config key 'env_kwargs' must be a mapping ({source})")
             cfg.env_kwargs.update(value)
-        elif key in ("agent_name", "env_id"):
-            continue  # informational in saved configs; the CLI decides these
+        elif key in ("agent_name", "env_id", "resolved"):
+            continue  # informational in saved configs: the CLI decides these, a run resolves its facts anew
         else:
-            raise ConfigError(
-                f"unknown config key '{key}' in {source}; valid top-level keys: agent, curriculum, env_kwargs, train"
-            )
+            valid = ", ".join(sorted(["agent", "env_kwargs", "train", *cfg.sections]))
+            raise ConfigError(f"unknown config key '{key}' in {source}; valid top-level keys: {valid}")
 
 
 def config_file_name(env_id: str) -> str:
@@ -325,6 +354,7 @@ def resolve_config(
     family_defaults = {"train": getattr(agent_config_cls, "TRAIN_DEFAULTS", {})}
     _apply(cfg, family_defaults, f"{agent_config_cls.__name__}.TRAIN_DEFAULTS")
     _apply(cfg, packaged_config(agent_name, "default.yaml"), f"configs/{agent_name}/default.yaml")
+    defaults = copy.deepcopy(cfg.to_dict())
     env_file = config_file_name(env_id)
     family_file = config_family_file_name(env_id)
     if packaged_config(agent_name, env_file) is None and packaged_config(agent_name, family_file) is not None:
@@ -336,12 +366,14 @@ def resolve_config(
         path, value = parse_override(text)
         _apply(cfg, _nest(path, value), f"--set {text}")
     validate(cfg)
+    cfg.defaults = defaults
     return cfg
 
 
 def validate(cfg: RunConfig) -> None:
     cfg.train.validate()
-    cfg.curriculum.validate()
+    for section in cfg.sections.values():
+        section.validate()
     check = getattr(cfg.agent, "validate", None)
     if check is not None:
         check()
@@ -350,6 +382,11 @@ def validate(cfg: RunConfig) -> None:
 def run_config_from_dict(data: dict, agent_config_cls: type) -> RunConfig:
     """Rebuild a saved ``config.yaml`` (used by ``--resume`` and ``evaluate``)."""
     cfg = RunConfig(agent_name=data["agent_name"], env_id=data["env_id"], agent=agent_config_cls())
+    data = copy.deepcopy(data)
+    for old, new in MOVED_KEYS.items():  # configs saved before a key moved
+        (old_sec, old_key), (new_sec, new_key) = old.split("."), new.split(".")
+        if old_key in (data.get(old_sec) or {}):
+            data.setdefault(new_sec, {}).setdefault(new_key, data[old_sec].pop(old_key))
     _apply(cfg, data, "config.yaml")
     validate(cfg)
     return cfg

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl_energy.config import ConfigError, require
+from rl_energy.errors import ConfigError, import_optional, require
 
 CURRICULA = ("none", "uniform_box", "uniform_valid", "svgg")
 
@@ -179,7 +179,7 @@ class ValidityModel:
         self.fitted = False
 
     def fit(self, goals: np.ndarray, rng: np.random.Generator) -> None:
-        from sklearn.svm import OneClassSVM
+        OneClassSVM = import_optional("sklearn.svm", "the SVGG curriculum's validity model").OneClassSVM
 
         svm = OneClassSVM(nu=self.nu, gamma=self.gamma).fit(goals)
         self.support = torch.as_tensor(svm.support_vectors_, dtype=torch.float32)

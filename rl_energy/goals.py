@@ -7,10 +7,15 @@ A goal env (Gymnasium-Robotics convention) observes a dict with ``observation``,
 (:class:`rl_energy.buffers.HERReplayBuffer`) uses the layout to relabel goals, and
 :class:`CurriculumGoals` lets a curriculum (:mod:`rl_energy.curricula`) choose each episode's goal and
 hear how it went. :func:`success_coverage` is the SVGG paper's evaluation metric (SVGG digest §5).
+
+:class:`GoalExtension` brings all of it to the step loop through its hooks
+(:class:`rl_energy.trainer.hooks.StepExtension`), with its own config sections ``goals``
+(:class:`GoalConfig`) and ``curriculum`` (:class:`rl_energy.curricula.CurriculumConfig`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +23,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rl_energy.errors import ConfigError, require
+from rl_energy.trainer.hooks import StepExtension
+
 if TYPE_CHECKING:
     from rl_energy.agent import Agent
+    from rl_energy.buffers import ReplayBuffer
+    from rl_energy.config import RunConfig
     from rl_energy.curricula import Curriculum
 
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
@@ -134,3 +144,96 @@ def success_coverage(agent: Agent, env: gym.Env, goals: np.ndarray, episode_leng
     finally:
         agent.train(was_training)
     return success
+
+
+@dataclass
+class GoalConfig:
+    """The ``goals`` config section: how the step loop treats goal envs."""
+
+    her_ratio: float = 0.8
+    """Fraction of replayed transitions relabelled with a future achieved goal (HER's ``future``
+    strategy, :class:`rl_energy.buffers.HERReplayBuffer`); 0 disables HER."""
+    coverage_goals_per_cell: int = 4
+    """Goal mazes: evaluation goals per free cell of the success-coverage metric (0 disables it)."""
+
+    def validate(self) -> None:
+        require(self, "her_ratio", 0.0 <= self.her_ratio <= 1.0, "in [0, 1]", "goals")
+        require(self, "coverage_goals_per_cell", self.coverage_goals_per_cell >= 0, ">= 0", "goals")
+
+
+class GoalExtension(StepExtension):
+    """Goal envs in the step loop: flattened observations, the HER buffer, success coverage at each
+    evaluation, a goal curriculum (``curriculum`` section) and its state in checkpoints, and the resume
+    of an env's goal schedule (``set_elapsed_steps``, e.g. a maze switch)."""
+
+    def __init__(self, cfg: RunConfig, training: bool) -> None:
+        from rl_energy.curricula import make_curriculum
+
+        self.cfg = cfg.goals
+        self.curriculum: Curriculum | None = make_curriculum(cfg.curriculum) if training else None
+        self.goal_env: gym.Env | None = None
+        """The first training env, unwrapped (HER's reward function, coverage and curricula use it)."""
+        self.episode_length = 50
+        self.eval_seed = cfg.train.eval_seed
+        self.last_coverage: float | None = None
+        self._envs: list[gym.Env] = []
+        self.columns = ("success_coverage",) + (("goal_success",) if self.curriculum is not None else ())
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, env: gym.Env, training: bool) -> GoalExtension | None:
+        if is_goal_space(env.observation_space):
+            return cls(cfg, training)
+        from rl_energy.config import changed_keys
+
+        given = (["curriculum.name"] if cfg.curriculum.name != "none" else []) + changed_keys(cfg, "goals")
+        if given:
+            raise ConfigError(f"config key '{given[0]}' applies to goal envs (dict observations with "
+                              f"observation/achieved_goal/desired_goal); '{cfg.env_id}' is not one")
+        return None
+
+    def wrappers(self) -> Sequence[Callable[[gym.Env], gym.Env]]:
+        if self.curriculum is None:
+            return (FlattenGoal,)
+        curriculum = self.curriculum
+        return (lambda e: CurriculumGoals(e, curriculum), FlattenGoal)
+
+    def bind(self, envs: gym.vector.VectorEnv) -> None:
+        self._envs = envs.unwrapped.envs
+        sub = self._envs[0]
+        self.goal_env = sub.unwrapped
+        self.episode_length = sub.spec.max_episode_steps or 50
+        if self.curriculum is not None:
+            self.curriculum.bind(self.goal_env)
+
+    def make_buffer(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], action_dim: int,
+                    device: Any, seed: int) -> ReplayBuffer | None:
+        from rl_energy.buffers import HERReplayBuffer
+
+        if self.cfg.her_ratio == 0:
+            return None
+        env = self.goal_env
+        return HERReplayBuffer(capacity, num_envs, obs_shape, action_dim, GoalLayout.of(env.observation_space),
+                               lambda achieved, desired: env.compute_reward(achieved, desired, None),
+                               self.cfg.her_ratio, device, seed=seed)
+
+    def eval_row(self, agent: Agent) -> dict[str, float]:
+        """Success coverage (SVGG digest §5) on the training env's current maze."""
+        env, per_cell = self.goal_env, self.cfg.coverage_goals_per_cell
+        if env is None or per_cell == 0 or not hasattr(env, "maze"):
+            return {}
+        goals = env.maze.coverage_goals(per_cell, seed=self.eval_seed)
+        self.last_coverage = float(success_coverage(agent, env, goals, self.episode_length, self.eval_seed).mean())
+        return {"success_coverage": self.last_coverage}
+
+    def row(self) -> dict[str, float]:
+        return self.curriculum.metrics() if self.curriculum is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curriculum": None if self.curriculum is None else self.curriculum.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], steps_per_env: int) -> None:
+        if self.curriculum is not None and state.get("curriculum") is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
+        if hasattr(self.goal_env, "set_elapsed_steps"):
+            for env in self._envs:  # envs that keep a schedule (a maze switch) are told how far
+                env.unwrapped.set_elapsed_steps(steps_per_env)

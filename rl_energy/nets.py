@@ -23,6 +23,11 @@ import torch
 from torch import nn
 
 Activation = Callable[..., nn.Module]
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "gelu": nn.GELU,
+}
+"""Activations a config may name (``agent.activation: relu``); the one table every agent uses."""
 """A module factory: called with no argument, or with the layer width if it has ``per_unit = True``."""
 PRECISIONS = ("fp32", "bf16")
 BF16_MIN_ROWS = 32

@@ -4,7 +4,7 @@ The reference is SB3's SAC (for ``--agent sac`` and the MaxEnt agents), SB3's DD
 ``--agent ddpg``) or SB3's DQN (for ``--agent pfpe``, a discrete-action env such as CartPole-v1, with the
 PFPE paper's settings instead: 32x32 nets, batch 500, replay 2,500, one update per 5 env steps, a hard
 target every 5 updates, ε = 0.05). On a goal env (``rl_energy/PointMaze-*``) SB3 gets its
-``HerReplayBuffer`` (``future`` strategy, 4 sampled goals: 80% relabelled, as our ``train.her_ratio=0.8``)
+``HerReplayBuffer`` (``future`` strategy, 4 sampled goals: 80% relabelled, as our ``goals.her_ratio=0.8``)
 and ``MultiInputPolicy``; ours flattens the goal observation and replays through ``HERReplayBuffer``.
 Both run in this process on the same env with the same hyperparameters (batch 256,
 256x256 nets, one gradient step per env step, learning starts 1000, 1M-slot replay; SAC: lr 3e-4,
@@ -40,7 +40,7 @@ from rl_energy.trainer import Trainer  # noqa: E402
 
 
 def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, extra: list[str]) -> tuple[float, str]:
-    """Our SPS and how it ran (``train.matmul_precision`` resolved, ``train.compile``)."""
+    """Our SPS and how it ran (the ``resolved`` block: matmul precision, whether the update compiled)."""
     overrides = [
         f"train.total_steps={learning_starts + steps}", f"train.learning_starts={learning_starts}",
         "train.batch_size=256", "train.buffer_size=1000000", "train.eval_every=0", "train.eval_episodes=1",
@@ -65,8 +65,8 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
     # the first step's update (and any one-off torch.compile) is left out of the clock
     sps = (steps - 1) / (timing["loop_end"] - timing["first_update_end"])
     setup = timing["first_update_end"] - timing["learn_start"]
-    how = f"{trainer.cfg.train.matmul_precision} matmuls"
-    if trainer.cfg.train.compile:
+    how = f"{trainer.cfg.resolved['matmul_precision']} matmuls"
+    if trainer.cfg.resolved["compile"]:
         how += f", compiled, first update {setup:.1f} s"
     return sps, how
 

@@ -19,17 +19,20 @@ class ProbeEnv(gym.Env):
 
     Terminates when ``t == terminate_at`` (if set), is truncated by ``max_episode_steps``; actions
     must lie in the env's own bounds ``[-2, 2]`` (so rescaling from [-1, 1] is checked too). Reward is
-    1 per step, or NaN at global step ``nan_at``.
+    1 per step (or, with ``action_reward``, the action itself, so that returns depend on the policy), or
+    NaN at global step ``nan_at``.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, terminate_at: int | None = None, nan_at: int | None = None, even_terminate: bool = False):
+    def __init__(self, terminate_at: int | None = None, nan_at: int | None = None, even_terminate: bool = False,
+                 action_reward: bool = False):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
         self.terminate_at = terminate_at
         self.even_terminate = even_terminate
         self.nan_at = nan_at
+        self.action_reward = action_reward
         self.episode = -1
         self.t = 0
         self.global_step = 0
@@ -50,7 +53,9 @@ class ProbeEnv(gym.Env):
         terminated = self.terminate_at is not None and self.t == self.terminate_at
         if self.even_terminate:  # terminate even-numbered episodes, truncate (TimeLimit) odd ones
             terminated = terminated and self.episode % 2 == 0
-        reward = float("nan") if self.nan_at is not None and self.global_step == self.nan_at else 1.0
+        reward = float(np.asarray(action).reshape(-1)[0]) if self.action_reward else 1.0
+        if self.nan_at is not None and self.global_step == self.nan_at:
+            reward = float("nan")
         return self._obs(), reward, terminated, False, {}
 
 

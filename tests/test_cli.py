@@ -31,10 +31,16 @@ def test_console_script_user_error_has_no_traceback():
     assert "Traceback" not in proc.stderr and "valid agents" in proc.stderr.lower()
 
 
-def test_list_shows_agents_and_configs(capsys):
+def test_list_shows_agents_envs_and_shipped_configs(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "sac" in out and "ddpg" in out and "Pendulum-v1" in out and "Ant-v4" in out
+    agents, rest = out.split("rl-energy environments", 1)
+    envs, configs = rest.split("Shipped configs", 1)
+    assert {line.split()[0] for line in agents.splitlines()[1:] if line.strip()} >= {"sac", "ddpg", "ebflow", "tb"}
+    assert "rl_energy/HierPoly-v0" in envs and "rl_energy/BubblePosition-v0" in envs
+    shipped = {line.split()[0]: line for line in configs.splitlines()[1:] if line.strip()}
+    assert "Ant-v4" in shipped["ebflow"] and "rl_energy/PointMaze-*" in shipped["sac"]
+    assert "rl_energy/SetGeneration-v0" in shipped["tb"] and "Ant-v4" not in shipped["tb"]
 
 
 def test_resume_of_missing_run_is_a_user_error(tmp_path, capsys):

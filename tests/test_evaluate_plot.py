@@ -3,17 +3,27 @@
 import csv
 
 from rl_energy.cli import main
-from rl_energy.trainer import Trainer
+import torch
+
+from rl_energy.trainer import Trainer, build_agent, evaluate_policy, make_vector_env
 from tests.conftest import quick_config
 
 
 def test_evaluate_reports_the_checkpoint_return(tmp_path, capsys):
+    """The probe env pays the action, so the return tells the trained policy from any other."""
     cfg = quick_config(total_steps=120)
-    Trainer(cfg, tmp_path / "run", verbose=False).train()
+    cfg.env_kwargs = {"action_reward": True}
+    trainer = Trainer(cfg, tmp_path / "run", verbose=False)
+    trainer.train()
+    envs = make_vector_env(cfg.env_id, 3, cfg.env_kwargs)
+    expected = evaluate_policy(trainer.agent, envs, cfg.train.eval_seed).mean
+    torch.manual_seed(123)
+    fresh = build_agent(cfg, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
+    untrained = evaluate_policy(fresh, envs, cfg.train.eval_seed).mean
+    assert abs(expected - untrained) > 0.05, (expected, untrained)  # a load that did nothing would show
     assert main(["evaluate", str(tmp_path / "run"), "--episodes", "3"]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
-    # the probe env pays 1 per step and truncates at 7 steps
-    assert out.startswith("step 120: final eval return: 7.00 ± 0.00 (3 episodes, deterministic)"), out
+    assert out.startswith(f"step 120: final eval return: {expected:.2f} ± 0.00 (3 episodes, deterministic)"), out
 
 
 def test_evaluate_without_checkpoint_is_a_user_error(tmp_path, capsys):

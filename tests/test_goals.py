@@ -197,16 +197,18 @@ def test_curriculum_runs_in_the_trainer_logs_coverage_and_resumes(tmp_path):
                  "curriculum.name=svgg", "curriculum.predictor_every=600", "curriculum.predictor_epochs=5"]
     cfg = resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls, overrides=overrides)
     trainer = Trainer(cfg, tmp_path / "run", verbose=False)
-    assert isinstance(trainer.buffer, HERReplayBuffer) and isinstance(trainer.curriculum, SVGG)
+    assert isinstance(trainer.buffer, HERReplayBuffer) and isinstance(trainer.extensions['goals'].curriculum, SVGG)
     trainer.train()
-    assert trainer.curriculum.fits == 4 and 0.0 <= trainer.last_coverage <= 1.0
+    goals = trainer.extensions['goals']
+    assert goals.curriculum.fits == 4 and 0.0 <= goals.last_coverage <= 1.0
     rows = (tmp_path / "run" / "progress.csv").read_text().splitlines()
     assert "success_coverage" in rows[0] and "goal_success" in rows[0]
     state, _ = load_checkpoint(tmp_path / "run" / "checkpoints")
     cfg.train.total_steps = 3000
     resumed = Trainer(cfg, tmp_path / "run", resume=True, verbose=False)
-    torch.testing.assert_close(resumed.curriculum.particles.x, state["curriculum"]["particles"])
-    assert resumed.curriculum.steps == trainer.curriculum.steps and len(resumed.curriculum.history) == 80
+    resumed_curriculum = resumed.extensions['goals'].curriculum
+    torch.testing.assert_close(resumed_curriculum.particles.x, state["extensions"]["goals"]["curriculum"]["particles"])
+    assert resumed_curriculum.steps == goals.curriculum.steps and len(resumed_curriculum.history) == 80
     resumed.train()
     assert resumed.step == 3000
 
@@ -216,7 +218,7 @@ def test_curriculum_errors():
         resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls,
                        overrides=["curriculum.name=mega"])
     cfg = resolve_config("ddpg", "Pendulum-v1", get_agent("ddpg").config_cls, overrides=["curriculum.name=svgg"])
-    with pytest.raises(ConfigError, match="needs a goal env"):
+    with pytest.raises(ConfigError, match="curriculum.name.* applies to goal envs"):
         Trainer(cfg, "/tmp/never-written", verbose=False)
 
 
@@ -229,4 +231,4 @@ def test_goal_conditioned_sac_and_ddpg_learn_the_umaze_with_her(tmp_path):
         trainer = Trainer(cfg, tmp_path / agent, verbose=False)
         assert trainer.envs.single_observation_space.shape == (6,)
         trainer.train()
-        assert trainer.last_coverage > 0.6, agent
+        assert trainer.extensions['goals'].last_coverage > 0.6, agent

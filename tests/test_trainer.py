@@ -122,7 +122,7 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path, agent):
 
 def test_compile_is_recorded_only_for_agents_that_compile(tmp_path):
     trainer = Trainer(quick_config("sac", compile="true"), tmp_path, verbose=False)
-    assert trainer.cfg.train.compile is False  # SAC has nothing to compile: config.yaml says so
+    assert trainer.cfg.resolved["compile"] is False  # SAC has nothing to compile: config.yaml says so
     assert "compile: false" in (tmp_path / "config.yaml").read_text()
     trainer.envs.close()
     trainer.eval_envs.close()

@@ -1,0 +1,57 @@
+"""User errors shared by the whole package; this module imports nothing else of rl_energy.
+
+* :class:`ConfigError`: a bad configuration value, name or file (the CLI prints it on one line and
+  exits with status 2); :func:`require` raises it naming ``section.key``.
+* :class:`MissingExtraError` / :func:`import_optional`: an optional package that is not installed; the
+  message names the package and the extra that installs it, and only the command that needs it fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration file or override; the message names the key."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency is missing; the message says which extra installs it."""
+
+
+OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
+    "numba": ("numba", "bubble"),
+    "sklearn": ("scikit-learn", "sklearn"),
+    "scipy": ("scipy", "sklearn"),
+    "torchgfn": ("torchgfn", "gflownet-bench"),
+    "gfn": ("torchgfn", "gflownet-bench"),
+    "moviepy": ("moviepy", "video"),
+    "rliable": ("rliable", "bench"),
+}
+"""``import name -> (PyPI name, rl-energy extra that installs it)`` for every optional dependency."""
+
+
+def missing_extra_message(module: str, purpose: str = "") -> str:
+    pip_name, extra = OPTIONAL_PACKAGES.get(module.split(".")[0], (module, ""))
+    what = f"{purpose} needs" if purpose else "needs"
+    how = f"pip install 'rl-energy[{extra}]'" if extra else f"pip install {pip_name}"
+    return f"{what} the optional package '{pip_name}', which is not installed: {how}".strip()
+
+
+def import_optional(module: str, purpose: str = "") -> ModuleType:
+    """``importlib.import_module(module)``, or :class:`MissingExtraError` naming the package and its extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module
+        if missing.split(".")[0] != module.split(".")[0]:
+            raise  # the package is there but broken: show the real error
+        raise MissingExtraError(missing_extra_message(module, purpose)) from None
+
+
+def require(obj: Any, key: str, ok: bool, requirement: str, section: str = "agent") -> None:
+    """Raise :class:`ConfigError` naming ``section.key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config key '{section}.{key}' must be {requirement}, got {getattr(obj, key)!r}")
