@@ -7,9 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from rl_energy.config import ConfigError
+from rl_energy.config import ConfigError, load_yaml_file
 
 
 def read_curve(run_dir: Path, column: str = "eval_return_mean") -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +31,7 @@ def read_curve(run_dir: Path, column: str = "eval_return_mean") -> tuple[np.ndar
 def run_label(run_dir: Path) -> str:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        cfg = load_yaml_file(cfg_path)
         return f"{cfg.get('agent_name', '?')} / {cfg.get('env_id', '?')}"
     return run_dir.name
 

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from rl_energy.config import resolve_config  # noqa: E402
 from rl_energy.registry import get_agent  # noqa: E402
-from rl_energy.trainer import Trainer  # noqa: E402
+from rl_energy.trainer import make_trainer  # noqa: E402
 
 
 def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, extra: list[str]) -> tuple[float, str]:
@@ -59,7 +59,7 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, e
                       "agent.tau=0.005", "agent.gamma=0.99", "agent.exploration_noise=0.1"]
     cfg = resolve_config(agent, env_id, get_agent(agent).config_cls, overrides=overrides)
     with tempfile.TemporaryDirectory() as d:
-        trainer = Trainer(cfg, Path(d), verbose=False)
+        trainer = make_trainer(cfg, Path(d), verbose=False)
         trainer.train()
     timing = trainer.timing
     # the first step's update (and any one-off torch.compile) is left out of the clock

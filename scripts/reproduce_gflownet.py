@@ -1,6 +1,6 @@
 """Reproduce the GFlowNet comparisons of Pan et al. (2023, FL-DB) and torchgfn's HyperGrid figure.
 
-Three experiments, each run through ``rl-energy train``'s own loop (:class:`TrajectoryTrainer`) with
+Three experiments, each run through ``rl-energy train``'s own loop (:func:`rl_energy.trainer.make_trainer`) with
 the shipped configs, several seeds, in parallel processes:
 
 1. **HyperGrid 4x8**, DB / TB / SubTB / FL-DB, 32k trajectories of batch 16: the L1 distance (summed
@@ -50,7 +50,7 @@ def run_one(job: dict) -> dict:
     from rl_energy.analysis.gflownet import empirical_distribution, l1_distance
     from rl_energy.config import resolve_config
     from rl_energy.registry import get_agent
-    from rl_energy.trainer import TrajectoryTrainer
+    from rl_energy.trainer import make_trainer
     from rl_energy.trajectories import sample_trajectories
 
     torch.set_num_threads(1)
@@ -58,7 +58,7 @@ def run_one(job: dict) -> dict:
     cfg = resolve_config(job["agent"], job["env"], get_agent(job["agent"]).config_cls, overrides=overrides)
     run_dir = Path(job["out"]) / job["name"] / f"seed{job['seed']}"
     start = time.perf_counter()
-    trainer = TrajectoryTrainer(cfg, run_dir, verbose=False)
+    trainer = make_trainer(cfg, run_dir, verbose=False)
     final = trainer.train()
     result = {**job, "final": final, "seconds": time.perf_counter() - start}
     if hasattr(trainer.dag, "target_mean_log_reward"):

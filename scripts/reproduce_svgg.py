@@ -1,6 +1,6 @@
 """Reproduce the SVGG comparison (Castanet, Sigaud & Lamprier, ICML 2023; SVGG digest §1, §6-§7) on
 ``rl_energy/PointMaze-MultiRoom-v0`` with goal-conditioned DDPG + HER (``configs/ddpg/rl_energy__PointMaze.yaml``),
-every run through ``rl-energy train``'s own loop (:class:`~rl_energy.trainer.Trainer`):
+every run through ``rl-energy train``'s own loop (:func:`rl_energy.trainer.make_trainer`):
 
 1. **Coverage**: SVGG against the naive curriculum (goals uniform over the maze's bounding box, walls
    included) and the oracle (goals uniform over the valid cells), ``--seeds`` seeds each. Success
@@ -37,7 +37,7 @@ def run_one(job: dict) -> dict:
     from rl_energy.checkpoint import load_checkpoint
     from rl_energy.config import resolve_config
     from rl_energy.registry import get_agent
-    from rl_energy.trainer import Trainer
+    from rl_energy.trainer import make_trainer
 
     torch.set_num_threads(1)
     overrides = [f"train.seed={job['seed']}", "train.torch_threads=1", f"curriculum.name={job['arm']}",
@@ -45,12 +45,12 @@ def run_one(job: dict) -> dict:
     cfg = resolve_config("ddpg", ENV, get_agent("ddpg").config_cls, overrides=overrides)
     run_dir = Path(job["out"]) / job["name"] / f"seed{job['seed']}"
     start = time.perf_counter()
-    Trainer(cfg, run_dir, verbose=False).train()
+    make_trainer(cfg, run_dir, verbose=False).train()
     result = {**job, "seconds": time.perf_counter() - start}
     with open(run_dir / "progress.csv", newline="") as f:
         result["curve"] = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
-    cur = state.get("curriculum") or {}
+    cur = state["extensions"].get("goals", {}).get("curriculum") or {}
     if "snapshots" in cur and len(cur["snapshot_steps"]):
         result["snapshots"] = {int(t): x.tolist() for t, x in zip(cur["snapshot_steps"], cur["snapshots"], strict=True)}
     return result

@@ -1,6 +1,6 @@
 """Reproduce the target-network experiments of Fellows, Smith & Whiteson (ICML 2023), "Why target
 networks stabilise temporal difference methods" (TD digest §4-§5), with rl-energy's PFPE agent trained
-by ``rl-energy train``'s own loop (:class:`~rl_energy.trainer.Trainer`) and the shipped configs:
+by ``rl-energy train``'s own loop (:func:`rl_energy.trainer.make_trainer`) and the shipped configs:
 
 1. **Baird's counterexample** (``configs/pfpe/rl_energy__Baird-v0.yaml``): off-policy evaluation with
    linear state values, sampled SGD updates (one behaviour-policy transition per step, α = 0.01,
@@ -37,14 +37,14 @@ def run_one(job: dict) -> dict:
 
     from rl_energy.config import resolve_config
     from rl_energy.registry import get_agent
-    from rl_energy.trainer import Trainer, TrainingError
+    from rl_energy.trainer import TrainingError, make_trainer
 
     torch.set_num_threads(1)
     overrides = [f"train.seed={job['seed']}", "train.torch_threads=1", *job["overrides"]]
     cfg = resolve_config("pfpe", job["env"], get_agent("pfpe").config_cls, overrides=overrides)
     run_dir = Path(job["out"]) / job["name"] / f"seed{job['seed']}"
     start = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, verbose=False)
+    trainer = make_trainer(cfg, run_dir, verbose=False)
     result = {**job, "error": None}
     try:
         final = trainer.train()

@@ -74,6 +74,12 @@ class RunLoop:
     agent: Agent
     logger: RunLogger
 
+    def __init_subclass__(cls, mode: str = "", step_unit: str = "step", train_keys: frozenset[str] = ALL_TRAIN_KEYS,
+                          **kwargs: Any) -> None:
+        """A loop declares itself in its class statement: ``class Trainer(RunLoop, mode="steps")``."""
+        super().__init_subclass__(**kwargs)
+        cls.mode, cls.step_unit, cls.train_keys = mode, step_unit, train_keys
+
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
         self.cfg = cfg
         t = cfg.train

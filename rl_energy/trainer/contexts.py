@@ -84,12 +84,8 @@ class TaskRun:
         return f"{figures} ({self.task.split_size('test')} test contexts, deterministic)"
 
 
-class ContextTrainer(RunLoop):
+class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=CONTEXT_TRAIN_KEYS):
     """Training on a one-step task (see the module docstring)."""
-
-    mode = "contexts"
-    train_keys = CONTEXT_TRAIN_KEYS
-    step_unit = "context"
 
     def _build(self) -> None:
         self.run = TaskRun(self.cfg, self.device)

@@ -45,10 +45,9 @@ def _wrappers(extensions: dict[str, StepExtension]) -> list:
     return [w for ext in extensions.values() for w in ext.wrappers()]
 
 
-class Trainer(RunLoop):
+class Trainer(RunLoop, mode="steps"):
     """Owns the vector env, the buffer, evaluation, logging and checkpoints of one step run."""
 
-    mode = "steps"
     has_buffer: ClassVar[bool] = True
 
     def _build(self) -> None:

@@ -51,12 +51,8 @@ def _build_sampler(cfg: RunConfig, device: torch.device) -> Agent:
     return agent
 
 
-class TrajectoryTrainer(RunLoop):
+class TrajectoryTrainer(RunLoop, mode="trajectories", step_unit="trajectory", train_keys=GFLOWNET_TRAIN_KEYS):
     """GFlowNet training: trajectories through the env's DAG (see the module docstring)."""
-
-    mode = "trajectories"
-    train_keys = GFLOWNET_TRAIN_KEYS
-    step_unit = "trajectory"
 
     def _build(self) -> None:
         self.agent = _build_sampler(self.cfg, self.device)
