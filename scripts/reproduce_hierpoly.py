@@ -188,24 +188,18 @@ def verdict(summary: dict, ds: list[int], ratios: list[float], control_d: int | 
         worst = max(spreads)
         lines.append(f"collapse in n/d^3 (layer-wise corr(feature, p), largest spread across d at one ratio): "
                      f"{worst:.2f} -> {'agrees (<= 0.15)' if worst <= 0.15 else 'does not collapse (> 0.15)'}")
-    # 2. layer-wise vs kernel at the same n
-    wins, total = 0, 0
-    for d in ds:
-        for r in ratios:
-            lw, kn = summary.get((main, "layerwise", d, r)), summary.get((main, "kernel", d, r))
-            if lw and kn and r >= 4:
-                total += 1
-                wins += lw["rel_mse"][0] < kn["rel_mse"][0]
+    # 2. layer-wise vs kernel ridge and vs the 2-layer net, at the same n
+    def wins_over(arm: str) -> tuple[int, int]:
+        cells = [(summary.get((main, "layerwise", d, r)), summary.get((main, arm, d, r)))
+                 for d in ds for r in ratios if r >= 4]
+        cells = [(lw, other) for lw, other in cells if lw and other]
+        return sum(lw["rel_mse"][0] < other["rel_mse"][0] for lw, other in cells), len(cells)
+
+    wins, total = wins_over("kernel")
     if total:
         lines.append(f"layer-wise beats kernel ridge at n/d^3 >= 4: {wins}/{total} cells -> "
                      f"{'agrees' if wins == total else 'partly' if wins else 'disagrees'}")
-    wins, total = 0, 0
-    for d in ds:
-        for r in ratios:
-            lw, e2e = summary.get((main, "layerwise", d, r)), summary.get((main, "end_to_end", d, r))
-            if lw and e2e and r >= 4:
-                total += 1
-                wins += lw["rel_mse"][0] < e2e["rel_mse"][0]
+    wins, total = wins_over("end_to_end")
     if total:
         lines.append(f"layer-wise beats the 2-layer end-to-end net at n/d^3 >= 4: {wins}/{total} cells")
     # 3. negative control
