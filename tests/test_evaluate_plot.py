@@ -2,9 +2,9 @@
 
 import csv
 
-from rl_energy.cli import main
 import torch
 
+from rl_energy.cli import main
 from rl_energy.trainer import Trainer, build_agent, evaluate_policy, make_vector_env
 from tests.conftest import quick_config
 
