@@ -1,1 +1,1 @@
-"""Algorithms, one per file; each registers itself with :func:`rl_energy.registry.register_agent`."""
+"""Algorithms, one per file; each is registered by import path in :data:`rl_energy.registry.AGENTS`."""
