@@ -197,6 +197,9 @@ class GoalExtension(StepExtension):
         curriculum = self.curriculum
         return (lambda e: CurriculumGoals(e, curriculum), FlattenGoal)
 
+    def eval_wrappers(self) -> Sequence[Callable[[gym.Env], gym.Env]]:
+        return (FlattenGoal,)  # evaluation episodes keep the env's own goals
+
     def bind(self, envs: gym.vector.VectorEnv) -> None:
         self._envs = envs.unwrapped.envs
         sub = self._envs[0]

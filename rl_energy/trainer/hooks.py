@@ -32,6 +32,10 @@ class StepExtension:
         """Wrappers for every sub-env of the vector env, innermost first."""
         return ()
 
+    def eval_wrappers(self) -> Sequence[Callable[[gym.Env], gym.Env]]:
+        """Wrappers for the evaluation envs (which choose no goals of their own), innermost first."""
+        return self.wrappers()
+
     def bind(self, envs: gym.vector.VectorEnv) -> None:
         """Called once with the training vector env."""
 

@@ -41,8 +41,8 @@ def _extensions(cfg: RunConfig, training: bool) -> dict[str, StepExtension]:
         env.close()
 
 
-def _wrappers(extensions: dict[str, StepExtension]) -> list:
-    return [w for ext in extensions.values() for w in ext.wrappers()]
+def _wrappers(extensions: dict[str, StepExtension], training: bool) -> list:
+    return [w for ext in extensions.values() for w in (ext.wrappers() if training else ext.eval_wrappers())]
 
 
 class Trainer(RunLoop, mode="steps"):
@@ -53,11 +53,11 @@ class Trainer(RunLoop, mode="steps"):
     def _build(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         self.extensions = _extensions(cfg, training=True)
-        self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs, _wrappers(self.extensions))
+        self.envs = make_vector_env(cfg.env_id, t.num_envs, cfg.env_kwargs, _wrappers(self.extensions, True))
         for ext in self.extensions.values():
             ext.bind(self.envs)
-        eval_wrappers = _wrappers(_extensions(cfg, training=False))
-        self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs, eval_wrappers)
+        self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs,
+                                         _wrappers(self.extensions, False))
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.single_action_space, self.device)
         self.action_dim = self.agent.action_dim
         obs_shape = self.envs.single_observation_space.shape
@@ -207,7 +207,7 @@ class Trainer(RunLoop, mode="steps"):
              ) -> tuple[Agent, gym.vector.VectorEnv, int]:
         """The agent of a finished step run at its last checkpoint, with ``num_envs`` envs wrapped as it was
         trained; returns ``(agent, envs, step)``."""
-        envs = make_vector_env(cfg.env_id, num_envs, cfg.env_kwargs, _wrappers(_extensions(cfg, training=False)))
+        envs = make_vector_env(cfg.env_id, num_envs, cfg.env_kwargs, _wrappers(_extensions(cfg, False), False))
         agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, device)
         state, _ = load_checkpoint(Path(run_dir) / "checkpoints", with_buffer=False)
         agent.load_checkpoint_state(state["agent"])
