@@ -29,6 +29,7 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/HierPoly-v0": {"entry_point": "rl_energy.envs.tasks.hierpoly:HierPolyTask"},
     "rl_energy/ImbalancedRegression-v0": {
         "entry_point": "rl_energy.envs.tasks.imbalanced_regression:ImbalancedRegressionTask"},
+    "rl_energy/EnergyMixture-v0": {"entry_point": "rl_energy.envs.tasks.energy_mixture:EnergyMixtureTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 

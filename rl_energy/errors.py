@@ -29,6 +29,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "gfn": ("torchgfn", "gflownet-bench"),
     "moviepy": ("moviepy", "video"),
     "rliable": ("rliable", "bench"),
+    "ot": ("pot", "ot"),
+    "pyro": ("pyro-ppl", "bench"),
 }
 """``import name -> (PyPI name, rl-energy extra that installs it)`` for every optional dependency."""
 

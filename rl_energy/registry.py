@@ -32,6 +32,7 @@ AGENTS: dict[str, str] = {
     "fldb": "rl_energy.agents.gflownet:FLDBGFlowNet",
     "layerwise": "rl_energy.agents.layerwise:LayerwiseNet",
     "cisir": "rl_energy.agents.cisir:CISIR",
+    "ebm": "rl_energy.agents.ebm:EBMTrainer",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""
 

@@ -23,7 +23,7 @@ are discarded from ``chain`` and from the reported acceptance rate.
 
 Building blocks for other samplers (Jarzynski-weighted walkers in :mod:`rl_energy.agents.ebm`, the
 Feynman–Kac SMC of energy diffusion): :func:`energy_and_grad`, :func:`mala_step`, :func:`hmc_step`,
-:func:`effective_sample_size`, :func:`systematic_resample`, :func:`log_mean_exp`.
+:func:`energy_values`, :func:`effective_sample_size`, :func:`systematic_resample`, :func:`log_mean_exp`.
 
 Errors: a non-finite energy or gradient raises :class:`SamplerError` naming the sampler and its step;
 an invalid step size, number of steps or particle count raises :class:`~rl_energy.errors.ConfigError`
@@ -138,6 +138,16 @@ def energy_and_grad(energy: EnergyFn, x: torch.Tensor, sampler: str = "sampler",
     if bool(bad_g.any()):
         raise SamplerError(sampler, step, "energy gradient", int(bad_g.sum()), e.shape[0])
     return e, g
+
+
+def energy_values(energy: EnergyFn, x: torch.Tensor, sampler: str = "sampler", step: int = 0) -> torch.Tensor:
+    """``E(x) [N]`` without a gradient, checked finite."""
+    with torch.no_grad():
+        e = energy(x)
+    bad = ~torch.isfinite(e)
+    if bool(bad.any()):
+        raise SamplerError(sampler, step, "energy", int(bad.sum()), e.shape[0])
+    return e
 
 
 def _select(accept: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -355,8 +365,8 @@ def _anneal(name: str, energy: EnergyFn, init_energy: EnergyFn, x0: torch.Tensor
     log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
     log_z = float(init_log_z)
     h = float(step_size)
-    e0 = energy_and_grad(init_energy, x, name, 0)[0]
-    e1 = energy_and_grad(energy, x, name, 0)[0]
+    e0 = energy_values(init_energy, x, name, 0)
+    e1 = energy_values(energy, x, name, 0)
     ess_trace, acc_trace, resamples = [], [], 0
     for k in range(1, beta.numel()):
         b_prev, b = float(beta[k - 1]), float(beta[k])
@@ -381,8 +391,8 @@ def _anneal(name: str, energy: EnergyFn, init_energy: EnergyFn, x0: torch.Tensor
             a = sum(accs) / len(accs)
             acc_trace.append(a)
             h *= math.exp(0.5 * (a - target_accept))  # population-based adaptation between temperatures
-            e0 = energy_and_grad(init_energy, x, name, k)[0]
-            e1 = energy_and_grad(energy, x, name, k)[0]
+            e0 = energy_values(init_energy, x, name, k)
+            e1 = energy_values(energy, x, name, k)
     log_z += float(log_mean_exp(log_w))
     info = {"ess_per_temperature": ess_trace, "acceptance_per_temperature": acc_trace, "resamples": resamples}
     return SampleResult(samples=x, acceptance=sum(acc_trace) / len(acc_trace) if acc_trace else None,

@@ -35,6 +35,10 @@ class OneStepTask(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     metric_names: ClassVar[tuple[str, ...]] = ()
     """Names of the batch-level figures :meth:`metrics` returns (logged at each evaluation)."""
+    sampling: ClassVar[bool] = False
+    """True for tasks whose score is about a *distribution* of actions (a sampler's mode weights, a
+    transport plan): evaluations then sample actions (``deterministic=False``) instead of taking the
+    agent's deterministic ones."""
     full_information: ClassVar[bool] = True
     """Whether :meth:`contexts` gives the labels (``target``) and ``step`` puts them in ``info``."""
 

@@ -10,8 +10,9 @@ Per update it draws ``train.batch_size`` training contexts (the task's sampling,
   acting in ``[-1, 1]`` rescaled to the task's bounded action space.
 
 ``step`` counts contexts drawn, so ``total_steps``, ``eval_every``, ``log_every`` and
-``checkpoint_every`` are in contexts. Each evaluation scores deterministic actions on the task's whole
-fixed test split and logs the mean score (``eval_return_mean``) and the task's batch-level metrics.
+``checkpoint_every`` are in contexts. Each evaluation scores deterministic actions (sampled ones on
+``sampling`` tasks, whose figures are about the action distribution) on the task's whole fixed test
+split and logs the mean score (``eval_return_mean``) and the task's batch-level metrics.
 The agent sees the whole train split once before training (:meth:`Agent.observe_train_split`).
 """
 
@@ -66,11 +67,12 @@ class TaskRun:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Deterministic actions on the whole test split: mean and spread of the score, and the task's metrics."""
+        """Deterministic (on ``sampling`` tasks: sampled) actions on the whole test split: mean and spread of
+        the score, and the task's metrics."""
         was_training = self.agent.training
         self.agent.train(False)
         try:
-            action = self.to_task(self.agent.act(self.test["obs"], deterministic=True))
+            action = self.to_task(self.agent.act(self.test["obs"], deterministic=not self.task.sampling))
         finally:
             self.agent.train(was_training)
         reward = self.task.score(self.test, action)
@@ -81,7 +83,8 @@ class TaskRun:
     def describe(self, result: dict[str, float]) -> str:
         figures = " | ".join(f"{k} {result[k]:.4g}" for k in ("eval_return_mean", *self.task.metric_names)
                              if k in result)
-        return f"{figures} ({self.task.split_size('test')} test contexts, deterministic)"
+        how = "sampled" if self.task.sampling else "deterministic"
+        return f"{figures} ({self.task.split_size('test')} test contexts, {how})"
 
 
 class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=CONTEXT_TRAIN_KEYS):
@@ -147,13 +150,13 @@ class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=C
     @classmethod
     def evaluate_run(cls, run_dir: Path, cfg: RunConfig, opts: EvalOptions) -> str:
         """The test-split figures of the run's last checkpoint (the split is fixed: ``--episodes`` and
-        ``--seed`` do not apply)."""
+        ``--seed`` do not apply; ``sampling`` tasks always sample)."""
         if opts.video:
             raise ConfigError("--video needs an environment with frames; one-step tasks have none")
-        if not opts.deterministic:
-            raise ConfigError("one-step tasks are evaluated with deterministic actions; drop --stochastic")
         run, step = cls.load(run_dir, cfg, resolve_device(opts.device))
         try:
+            if not opts.deterministic and not run.task.sampling:
+                raise ConfigError("this one-step task is evaluated with deterministic actions; drop --stochastic")
             return f"context {step}: test " + run.describe(run.evaluate())
         finally:
             run.env.close()
