@@ -55,6 +55,11 @@ from rl_energy.samplers import effective_sample_size, energy_and_grad, mala, smc
 
 LOSSES = ("cd", "pcd", "dsm", "nce", "jarzynski")
 CHAIN_SAMPLERS = ("ula", "mala")
+METRICS: dict[str, tuple[str, ...]] = {
+    "cd": ("loss", "e_data", "e_model"), "pcd": ("loss", "e_data", "e_model"), "dsm": ("loss", "e_data"),
+    "nce": ("loss", "e_data", "e_model"), "jarzynski": ("loss", "e_data", "e_model", "ess"),
+}
+"""Logged per loss: mean energies of the data and of the negatives (NCE: the noise draws), the walkers' ESS."""
 
 
 @dataclass
@@ -120,7 +125,8 @@ class EBMTrainer(Agent):
     Config = EBMConfig
     collection = "contexts"
     uses_labels = True
-    metric_names = ("loss", "e_data", "e_model", "ess")
+    metric_names = METRICS["jarzynski"]
+    """The instance's names depend on ``agent.loss`` (:data:`METRICS`)."""
 
     def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, config: EBMConfig,
                  device: torch.device | str = "cpu") -> None:
@@ -140,6 +146,7 @@ class EBMTrainer(Agent):
         self.register_buffer("log_w", torch.zeros(c.n_walkers))
         self.register_buffer("noise_mean", torch.zeros(self.action_dim))
         self.register_buffer("noise_chol", torch.eye(self.action_dim))
+        self.metric_names = METRICS[c.loss]
         self.to(self.device)
 
     # ------------------------------------------------------------------------------------ energy
@@ -181,7 +188,6 @@ class EBMTrainer(Agent):
         c = self.config
         x_data = batch["target"].reshape(-1, *self.event_shape).float()
         opt = self.optimizers["energy"]
-        ess = torch.tensor(float("nan"))
         jarzynski_state = None
         if c.loss == "dsm":
             loss, e_data, e_model = self._dsm(x_data)
@@ -211,12 +217,15 @@ class EBMTrainer(Agent):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        metrics = {"loss": loss.detach(), "e_data": e_data.detach()}
+        if e_model is not None:
+            metrics["e_model"] = e_model.detach()
         if jarzynski_state is not None:
-            ess = self._jarzynski_move(*jarzynski_state)
+            metrics["ess"] = self._jarzynski_move(*jarzynski_state)
         self.num_updates += 1
-        return {"loss": loss.detach(), "e_data": e_data.detach(), "e_model": e_model.detach(), "ess": ess}
+        return metrics
 
-    def _dsm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _dsm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         """Denoising score matching at noise ``σ``: ``E‖σ∇U(x̃) - ξ‖²/2`` (the score of ``x̃|x`` is ``-ξ/σ``)."""
         sigma = self.config.dsm_sigma
         xi = torch.randn_like(x)
@@ -224,7 +233,7 @@ class EBMTrainer(Agent):
         e = self.energy(noisy)
         (grad,) = torch.autograd.grad(e.sum(), noisy, create_graph=True)
         loss = 0.5 * (sigma * grad - xi).reshape(x.shape[0], -1).square().sum(1).mean()
-        return loss, e.mean(), torch.tensor(float("nan"))
+        return loss, e.mean(), None
 
     def _nce(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """NCE with one Gaussian noise draw per data point: ``-log σ(ℓ(x⁺)) - log(1 - σ(ℓ(x⁻)))``,
