@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from rl_energy.diffusion import mmd2
 from rl_energy.envs.tasks.base import OneStepTask, Split
 
 GRID = 200
@@ -52,18 +53,6 @@ def _count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"EnergyMixtureTask kwarg '{name}' must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def rbf_mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Unbiased squared MMD between samples ``x [n, d]`` and ``y [m, d]`` with a Gaussian kernel."""
-    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-torch.cdist(a, b).square() / (2 * bandwidth**2))
-
-    n, m = x.shape[0], y.shape[0]
-    kxx, kyy = k(x, x), k(y, y)
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(xx + yy - 2 * k(x, y).mean())
 
 
 class EnergyMixtureTask(OneStepTask):
@@ -173,5 +162,5 @@ class EnergyMixtureTask(OneStepTask):
         w_hat = self.sample_mode_weights(a)
         out = {"w_err": 0.5 * float((w_hat - self.weights).abs().sum()), "w1": float(w_hat[0])}
         n = min(a.shape[0], 4096)
-        out["mmd"] = rbf_mmd2(a[:n].cpu(), batch["target"][:n].float().cpu(), self.sigma)
+        out["mmd"] = mmd2(a[:n].cpu(), batch["target"][:n].float().cpu(), bandwidths=(self.sigma,))
         return out
