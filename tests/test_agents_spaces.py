@@ -18,7 +18,12 @@ SMALL = {"sac": ["agent.hidden=[16,16]"], "ddpg": ["agent.hidden=[16,16]"], "pfp
          "ebflow": ["agent.flow_hidden=[8,8]", "agent.shift_hidden=[16,16]"]}
 ENV_KWARGS = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 256, "n_test": 128},
               "rl_energy/ImbalancedRegression-v0": {"n_train": 512, "n_test": 256},
-              "rl_energy/HyperGrid-v0": {"ndim": 2, "height": 4}}
+              "rl_energy/HyperGrid-v0": {"ndim": 2, "height": 4},
+              "rl_energy/EnergyMixture-v0": {"n_train": 256, "n_test": 128}}
+
+
+CONTEXT_TASK = {"cisir": "rl_energy/ImbalancedRegression-v0", "ebm": "rl_energy/EnergyMixture-v0"}
+"""``contexts`` agents built for a task other than HierPoly."""
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -28,7 +33,7 @@ def _cases() -> list[tuple[str, str]]:
         if cls.collection == "trajectories":
             cases.append((name, "rl_energy/HyperGrid-v0"))
         elif cls.collection == "contexts":
-            cases.append((name, "rl_energy/HierPoly-v0" if name != "cisir" else "rl_energy/ImbalancedRegression-v0"))
+            cases.append((name, CONTEXT_TASK.get(name, "rl_energy/HierPoly-v0")))
         elif name == "bubble_linear":
             cases.append((name, "rl_energy/BubblePosition-v0"))
         elif cls.discrete_actions:
@@ -73,6 +78,7 @@ class Built:
         if self.mode == "trajectories":
             return self.agent.forward_logits(self.obs)
         self.agent.train(False)
+        torch.manual_seed(123)  # samplers (sampling tasks) act stochastically: the same draws on both sides
         return self.agent.act(self.obs, deterministic=True)
 
     def update(self) -> dict:
