@@ -30,6 +30,7 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/ImbalancedRegression-v0": {
         "entry_point": "rl_energy.envs.tasks.imbalanced_regression:ImbalancedRegressionTask"},
     "rl_energy/EnergyMixture-v0": {"entry_point": "rl_energy.envs.tasks.energy_mixture:EnergyMixtureTask"},
+    "rl_energy/EntropicOT-v0": {"entry_point": "rl_energy.envs.tasks.entropic_ot:EntropicOTTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 

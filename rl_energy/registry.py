@@ -33,6 +33,7 @@ AGENTS: dict[str, str] = {
     "layerwise": "rl_energy.agents.layerwise:LayerwiseNet",
     "cisir": "rl_energy.agents.cisir:CISIR",
     "ebm": "rl_energy.agents.ebm:EBMTrainer",
+    "egeot": "rl_energy.agents.egeot:EgEOT",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""
 
