@@ -246,3 +246,85 @@ def polyak_update(
     ``target`` and ``source`` are modules, sequences of paired modules, or parameter lists (cache
     those on a hot path: listing a module's parameters costs more than the update itself)."""
     torch._foreach_lerp_(_params_of(target), _params_of(source), tau)
+
+
+# ------------------------------------------------------------------------ minimum hyperspherical energy
+MHE_POWERS = (0.0, 1.0, 2.0)
+MHE_VARIANTS: dict[str, tuple[float, bool, bool]] = {
+    f"{'half_' if half else ''}{'a' if angular else 's'}{int(s)}": (s, angular, half)
+    for half in (False, True) for angular in (False, True) for s in MHE_POWERS
+}
+"""``agent.mhe`` names -> ``(s, angular, half_space)``: ``s0``/``s1``/``s2`` (Euclidean distance), ``a0``/``a1``/
+``a2`` (angle/π), each with a ``half_`` form (Liu et al., NeurIPS 2018, §3 and §4.1)."""
+
+
+def hyperspherical_energy(
+    w: torch.Tensor, s: float = 1.0, angular: bool = False, half_space: bool = False, reduction: str = "mean",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Hyperspherical energy of the rows of ``w`` (``[..., N, d]``: one neuron or point per row, any batch
+    dimensions in front; the result has shape ``[...]``), Liu et al., "Learning towards minimum
+    hyperspherical energy", NeurIPS 2018, Eq. (1)-(2):
+
+        E_s = Σ_{i<j} f_s(‖ŵ_i − ŵ_j‖),   ŵ_i = w_i/‖w_i‖,   f_s(z) = z^{−s} (s > 0),   f_0(z) = log(1/z).
+
+    ``angular`` replaces the distance by the geodesic one, ``arccos(ŵ_iᵀŵ_j)/π`` (the paper's A-MHE, §4.2);
+    ``half_space`` computes the energy of ``{ŵ_i} ∪ {−ŵ_i}`` (§4.1, "half-space MHE": collinear neurons are
+    then penalised whatever their sign). ``reduction="sum"`` gives ``E_s`` itself (the Thomson problem's
+    energy for ``s = 1``, ``d = 3``), ``"mean"`` the average over the pairs (the regulariser of the paper's
+    code). ``eps`` keeps ``z`` (and the arccos argument) away from the singularities, so coincident
+    neurons give a large but finite energy and gradient.
+    """
+    if w.dim() < 2 or w.shape[-2] < 2:
+        raise ValueError(f"hyperspherical_energy needs [..., N >= 2, d] rows, got shape {tuple(w.shape)}")
+    if not (math.isfinite(s) and s >= 0):
+        raise ValueError(f"hyperspherical_energy: s must be a finite number >= 0, got {s!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"hyperspherical_energy: reduction must be 'mean' or 'sum', got {reduction!r}")
+    u = w / w.norm(dim=-1, keepdim=True).clamp_min(eps)
+    n = u.shape[-2]
+    i, j = torch.triu_indices(n, n, offset=1, device=u.device)
+    cos = (u[..., i, :] * u[..., j, :]).sum(-1)
+
+    def f(c: torch.Tensor) -> torch.Tensor:
+        if angular:
+            z = torch.arccos(c.clamp(-1.0 + eps, 1.0 - eps)) / math.pi
+        else:
+            z = (2.0 - 2.0 * c).clamp_min(eps * eps).sqrt()  # ‖û_i − û_j‖ for unit rows
+        return -torch.log(z) if s == 0 else z.pow(-s)
+
+    total = f(cos).sum(-1)
+    pairs = n * (n - 1) // 2
+    if half_space:
+        # pairs of {û} ∪ {−û}: (i, j) and (−i, −j) share cos; (i, −j) and (−i, j) have −cos; the n pairs
+        # (i, −i) are antipodal (z = 2, or 1 for the angle), a constant
+        antipodal = 1.0 if angular else 2.0
+        const = -math.log(antipodal) if s == 0 else antipodal ** -s
+        total = 2.0 * (total + f(-cos).sum(-1)) + n * const
+        pairs = n * (2 * n - 1)
+    return total if reduction == "sum" else total / pairs
+
+
+def mhe_regularizer(
+    net: nn.Module, variant: str, hidden_weight: float, output_weight: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """The MHE term of the paper's loss, ``λ_h Σ_hidden E(W_l) + λ_o E(W_out)`` (Liu et al., NeurIPS 2018,
+    Eq. (3)), over the :class:`torch.nn.Linear` layers of ``net`` in order: every layer but the last is
+    hidden, the last is the output layer (its rows are the class embeddings). Each layer's energy is the
+    pair average of :func:`hyperspherical_energy` over its neurons (the rows of ``weight``); the
+    half-space form applies to hidden layers only (the paper's choice: an output neuron and its negation
+    are different classes)."""
+    if variant not in MHE_VARIANTS:
+        raise ValueError(f"MHE variant must be one of {sorted(MHE_VARIANTS)}, got {variant!r}")
+    s, angular, half = MHE_VARIANTS[variant]
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError("mhe_regularizer: the network has no Linear layer")
+    total = layers[0].weight.new_zeros(())
+    for k, layer in enumerate(layers):
+        last = k == len(layers) - 1
+        weight = output_weight if last else hidden_weight
+        if weight == 0 or layer.weight.shape[0] < 2:
+            continue
+        total = total + weight * hyperspherical_energy(layer.weight, s, angular, half and not last, "mean", eps)
+    return total

@@ -20,7 +20,8 @@ from rl_energy.trainer import make_trainer
 SMALL = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 512, "n_test": 256},
          "rl_energy/ImbalancedRegression-v0": {"n_train": 1024, "n_test": 512},
          "rl_energy/EnergyMixture-v0": {"n_train": 512, "n_test": 256},
-         "rl_energy/EntropicOT-v0": {"d": 2, "n_train": 512, "n_test": 256}}
+         "rl_energy/EntropicOT-v0": {"d": 2, "n_train": 512, "n_test": 256},
+         "rl_energy/Thomson-v0": {"n_points": 5}}
 
 
 def test_the_shipped_tasks_are_listed_from_their_classes():
