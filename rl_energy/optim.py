@@ -19,6 +19,7 @@ trained at every step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -226,3 +227,251 @@ class FusedAdam(torch.optim.Adam):
 def adam(params: Iterable[Any], lr: float, flat: bool = False) -> FusedAdam:
     """The Adam every agent uses (see :class:`FusedAdam`; ``flat`` for one buffer per group)."""
     return FusedAdam(params, lr, flat=flat)
+
+
+# ================================================================================================
+# Target-based surrogates (SSO)
+# ================================================================================================
+INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "armijo")
+"""Inner optimisers of :class:`TargetSurrogate`: plain SGD (with optional momentum), or SGD whose step
+size is found by an Armijo backtracking line search on the surrogate."""
+
+
+class SurrogateState:
+    """The surrogate ``q_t`` of one outer step of :class:`TargetSurrogate` (Lavington et al., 2023, §3).
+
+    Holds the targets ``z_t = f(θ_t; X_t)`` (detached), the target-space gradient ``g_t = ∇_z ℓ(z_t)`` of the
+    *mean* batch loss, ``ℓ(z_t)`` and ``η``; :meth:`value` evaluates, for model outputs ``f = f(θ; X_t)``,
+
+        q_t(θ) = ℓ(z_t) + ⟨g_t, f − z_t⟩ + (1 / (2η)) · (1/n) ‖f − z_t‖²,
+
+    ``n = z_t.shape[0]`` the number of samples of the batch (see :class:`TargetSurrogate` on this
+    normalisation). ``q_t(θ_t) = ℓ(z_t)`` and ``∇_θ q_t(θ_t) = J_f(θ_t)ᵀ g_t = ∇_θ ℓ(f(θ_t))``.
+    """
+
+    def __init__(self, z: torch.Tensor, g: torch.Tensor, loss: torch.Tensor, eta: float) -> None:
+        self.z, self.g, self.loss, self.eta = z, g, loss, eta
+        self.n = z.shape[0] if z.dim() > 0 else 1
+
+    def value(self, f: torch.Tensor) -> torch.Tensor:
+        """``q_t`` at model outputs ``f`` (differentiable in ``f``)."""
+        diff = f - self.z
+        return self.loss + (self.g * diff).sum() + diff.pow(2).sum() / (2.0 * self.eta * self.n)
+
+    def target(self) -> torch.Tensor:
+        """The unconstrained minimiser of ``q_t`` over the outputs: ``z_t − η n g_t`` (= ``z_t − η ∇ℓ_i(z_i)`` per
+        sample for a mean loss), the point that the inner loop projects onto the model's range (paper §3:
+        SSO is projected SGD in target space)."""
+        return self.z - self.eta * self.n * self.g
+
+
+class TargetSurrogate:
+    """SSO: stochastic optimisation with target-based surrogates (Lavington, Vaswani, Babanezhad, Schmidt &
+    Le Roux, ICML 2023, "Target-based surrogates for stochastic optimization", arXiv 2302.02607, Algorithm 1
+    and §3; digest ``papers/one-step-tasks.md`` §12).
+
+    The objective is ``ℓ(f(θ))``: a model ``f(θ; X)`` produces *targets* ``z`` (logits, actions) and a loss
+    ``ℓ(z)`` scores them; the gradient of ``ℓ`` with respect to the targets is the *expensive* part (labels,
+    an expert, a simulator), the model's own gradients are cheap. Per outer step :meth:`step`
+
+    1. calls ``forward()`` once: ``z_t = f(θ_t; X_t)``, and computes ``g_t = ∇_z ℓ(z_t)`` — the one expensive
+       gradient (counted in :attr:`expensive_calls`);
+    2. builds the surrogate (:class:`SurrogateState`; paper §3, the target-space surrogate)
+
+           q_t(θ) = ℓ(z_t) + ⟨g_t, f(θ; X_t) − z_t⟩ + (1 / 2η) · (1/n) ‖f(θ; X_t) − z_t‖²  (+ R(θ) + (λ/2)‖θ‖²),
+
+       with the constant ``ℓ(z_t)`` kept so that ``q_t(θ_t) = ℓ(z_t)``;
+    3. takes ``m`` cheap inner steps on ``q_t`` over ``θ``: plain SGD (``inner="sgd"``, optional heavy-ball
+       momentum whose buffer persists across outer steps) or SGD with an Armijo line search on ``q_t``
+       (``inner="armijo"``, as the official code's inner optimiser): from the trial step ``α`` accept
+       ``θ − α∇q`` when ``q(θ − α∇q) ≤ q(θ) − c α ‖∇q‖²``, else ``α ← β α``. ``α`` restarts at ``inner_lr`` at
+       every outer step (the code resets it, to 10) and each later inner step first tries ``grow × α``. The
+       inner loop stops early once ``‖∇q‖ ≤ grad_tol`` (the code's 1e-6): there the float32 surrogate cannot
+       show the sufficient decrease any more and every line search would backtrack to its limit.
+
+    **Normalisation of η (mean over the batch).** ``loss(z)`` must be the *mean* of per-sample losses
+    ``ℓ_i(z_i)`` over the ``n = z.shape[0]`` samples of the batch, and the proximity term is the mean too:
+    ``(1/2η) (1/n) Σ_i ‖f_i − z_i‖²``. Multiplying by ``n`` gives the paper's form for the summed loss,
+    ``Σ_i ℓ_i(z_t,i) + ⟨∇ℓ_sum, f − z_t⟩ + (1/2η)‖f − z_t‖²``, so ``η`` is a per-sample step size in target
+    space (the minimiser over ``f`` is ``z_i − η ∇ℓ_i(z_i)``), independent of the batch size. **Upper bound**
+    (paper §3, "full batch: majorisation–minimisation"): if every ``ℓ_i`` is ``L``-smooth in ``z_i`` and
+    ``η ≤ 1/L``, then ``q_t(θ) ≥ ℓ(f(θ; X_t))`` for *every* θ (any model: the bound is in target space),
+    so with the full batch each outer step cannot increase the loss. Examples: the squared error
+    ``‖z − y‖²`` has ``L = 2`` (η ≤ 1/2, and η = 1/2 makes ``q_t = ℓ``); softmax cross-entropy has
+    ``L = 1/2`` (the Hessian ``diag(p) − ppᵀ`` has eigenvalues ≤ 1/2), so η ≤ 2.
+
+    **The official code's scaling** (digest §12, [derived] from its ``SGD_FMDOpt``): its surrogate is
+    ``S = mean over the N = n·k output elements of [g·f / η_c + (f − z_t)²]``, i.e. the *linear* term is scaled
+    by ``1/η_c`` instead of the quadratic one by ``1/η``. With ``g`` the gradient of the mean batch loss (as
+    here), ``S = q_t / (N η_c)`` up to a constant, with ``η = 1 / (2 n η_c)``: its ``eta`` is an *inverse*
+    step size that also depends on the batch size, and its inner step sizes are ``N η_c`` times ours. Match
+    step sizes by meaning, not by name.
+
+    With ``m = 1`` and ``inner="sgd"``, the single inner step is exactly one SGD step on ``ℓ(f(θ))`` with
+    step ``inner_lr`` (``∇q_t(θ_t) = ∇ℓ(f(θ_t))``), whatever ``η``. Counters: :attr:`expensive_calls` (target
+    gradients ``g_t``), :attr:`model_grads` (backward passes through the model, one per inner step) and
+    :attr:`model_evals` (extra forward passes of the line search); all are in :meth:`state_dict`.
+
+    Usable by any full-information learner: it sees only ``forward`` (a closure evaluating the model on the
+    outer step's batch with the current parameters) and ``loss`` (the targets' loss); ``extra`` is an
+    optional cheap term ``R(θ)`` (a regulariser) added to the surrogate and minimised with it.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        m: int = 10,
+        eta: float = 1.0,
+        inner: str = "armijo",
+        inner_lr: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        armijo_c: float = 0.5,
+        armijo_beta: float = 0.5,
+        armijo_grow: float = 2.0,
+        max_backtracks: int = 40,
+        grad_tol: float = 1e-6,
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("TargetSurrogate got no trainable parameters")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"TargetSurrogate 'm' (inner steps) must be an integer >= 1, got {m!r}")
+        checks = {"eta": (eta, eta > 0), "inner_lr": (inner_lr, inner_lr > 0),
+                  "momentum": (momentum, 0 <= momentum < 1), "weight_decay": (weight_decay, weight_decay >= 0),
+                  "armijo_c": (armijo_c, 0 < armijo_c < 1), "armijo_beta": (armijo_beta, 0 < armijo_beta < 1),
+                  "armijo_grow": (armijo_grow, armijo_grow >= 1)}
+        for name, (value, ok) in checks.items():
+            if not (ok and math.isfinite(value)):
+                raise ValueError(f"TargetSurrogate '{name}' is out of range: {value!r}")
+        if inner not in INNER_OPTIMIZERS:
+            raise ValueError(f"TargetSurrogate 'inner' must be one of {INNER_OPTIMIZERS}, got {inner!r}")
+        if inner == "armijo" and momentum != 0:
+            raise ValueError("TargetSurrogate 'momentum' applies to inner='sgd' only (the line search takes plain "
+                             "gradient steps)")
+        if not grad_tol >= 0:
+            raise ValueError(f"TargetSurrogate 'grad_tol' must be >= 0, got {grad_tol!r}")
+        if max_backtracks < 1:
+            raise ValueError(f"TargetSurrogate 'max_backtracks' must be >= 1, got {max_backtracks!r}")
+        self.m, self.eta, self.inner, self.inner_lr = m, float(eta), inner, float(inner_lr)
+        self.weight_decay = float(weight_decay)
+        self.armijo_c, self.armijo_beta, self.armijo_grow = armijo_c, armijo_beta, armijo_grow
+        self.max_backtracks = max_backtracks
+        self.grad_tol = float(grad_tol)
+        self.sgd = torch.optim.SGD(self.params, lr=inner_lr, momentum=momentum) if inner == "sgd" else None
+        self.expensive_calls = 0
+        self.model_grads = 0
+        self.model_evals = 0
+        self.step_size = float(inner_lr)
+        """The last inner step size (the accepted Armijo step; ``inner_lr`` for SGD)."""
+
+    # ---------------------------------------------------------------------------------- the surrogate
+    def prepare(self, forward: Callable[[], torch.Tensor], loss: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[SurrogateState, torch.Tensor]:
+        """The expensive call: ``z_t = forward()``, ``ℓ(z_t)`` and ``g_t = ∇_z ℓ(z_t)``. Returns the surrogate and
+        ``z_t`` still attached to the model's graph (its backward with ``g_t`` is ``∇_θ q_t(θ_t)``)."""
+        z = forward()
+        z_leaf = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = loss(z_leaf)
+            if value.dim() != 0:
+                raise ValueError(f"TargetSurrogate's loss must return a scalar (the mean batch loss), got shape "
+                                 f"{tuple(value.shape)}")
+            (g,) = torch.autograd.grad(value, z_leaf)
+        self.expensive_calls += 1
+        return SurrogateState(z.detach(), g.detach(), value.detach(), self.eta), z
+
+    def _penalty(self, extra: Callable[[], torch.Tensor] | None) -> torch.Tensor | float:
+        out: torch.Tensor | float = 0.0
+        if extra is not None:
+            out = extra()
+        if self.weight_decay > 0:
+            out = out + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.params)
+        return out
+
+    def _objective(self, state: SurrogateState, forward: Callable[[], torch.Tensor],
+                   extra: Callable[[], torch.Tensor] | None) -> torch.Tensor:
+        return state.value(forward()) + self._penalty(extra)
+
+    def _zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    # ---------------------------------------------------------------------------------- the step
+    def step(self, forward: Callable[[], torch.Tensor], loss: Callable[[torch.Tensor], torch.Tensor],
+             extra: Callable[[], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One outer step (Algorithm 1): one expensive target gradient, then ``m`` inner steps on ``q_t``.
+
+        ``forward()`` must evaluate the model on the *same* batch ``X_t`` at every call (it is called once
+        per inner step, and by the line search); ``loss(z)`` is the mean batch loss of targets ``z``;
+        ``extra()`` an optional cheap regulariser of the parameters. Returns detached 0-d tensors: ``loss``
+        (``ℓ(z_t)``), ``surrogate`` (``q_t`` at the last inner iterate before its step) and ``step_size``."""
+        state, z = self.prepare(forward, loss)
+        q_value = state.loss
+        alpha = self.inner_lr
+        for j in range(self.m):
+            self._zero_grad()
+            with torch.enable_grad():
+                if j == 0:  # at θ_t: f = z_t, so q = ℓ(z_t) + R and ∇q = Jᵀg + ∇R (reuse the expensive forward)
+                    penalty = self._penalty(extra)
+                    q = state.loss + penalty
+                    if isinstance(penalty, torch.Tensor) and penalty.requires_grad:
+                        torch.autograd.backward([z, penalty], [state.g, torch.ones_like(penalty)])
+                    else:
+                        z.backward(state.g)
+                else:
+                    q = self._objective(state, forward, extra)
+                    q.backward()
+            self.model_grads += 1
+            q_value = q.detach()
+            if self.sgd is not None:
+                self.sgd.step()
+                continue
+            alpha = alpha if j == 0 else alpha * self.armijo_grow
+            alpha, moved = self._armijo(state, forward, extra, q_value, alpha)
+            if not moved:
+                break
+        self._zero_grad()
+        self.step_size = alpha
+        return {"loss": state.loss, "surrogate": q_value, "step_size": torch.tensor(alpha)}
+
+    @torch.no_grad()
+    def _armijo(self, state: SurrogateState, forward: Callable[[], torch.Tensor],
+                extra: Callable[[], torch.Tensor] | None, q0: torch.Tensor, alpha: float) -> tuple[float, bool]:
+        """Backtrack from ``alpha`` until ``q(θ − α∇q) ≤ q(θ) − c α ‖∇q‖²``; take that step. Returns ``α`` and
+        whether the parameters moved: they stay when ``‖∇q‖ ≤ grad_tol`` or no trial passes within
+        ``max_backtracks``."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        sq_norm = float(sum(g.pow(2).sum() for g in grads))
+        if sq_norm <= self.grad_tol**2:
+            return alpha, False
+        start = [p.detach().clone() for p in self.params]
+        for _ in range(self.max_backtracks):
+            for p, p0, g in zip(self.params, start, grads, strict=True):
+                p.copy_(p0 - alpha * g)
+            trial = self._objective(state, forward, extra)
+            self.model_evals += 1
+            if bool(torch.isfinite(trial)) and float(trial) <= float(q0) - self.armijo_c * alpha * sq_norm:
+                return alpha, True
+            alpha *= self.armijo_beta
+        for p, p0 in zip(self.params, start, strict=True):
+            p.copy_(p0)
+        return alpha, False
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, the last step size and the inner SGD's state (momentum buffers)."""
+        return {"expensive_calls": self.expensive_calls, "model_grads": self.model_grads,
+                "model_evals": self.model_evals, "step_size": self.step_size,
+                "sgd": self.sgd.state_dict() if self.sgd is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.expensive_calls = int(state["expensive_calls"])
+        self.model_grads = int(state["model_grads"])
+        self.model_evals = int(state["model_evals"])
+        self.step_size = float(state["step_size"])
+        if self.sgd is not None and state.get("sgd") is not None:
+            self.sgd.load_state_dict(state["sgd"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._zero_grad()

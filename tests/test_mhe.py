@@ -127,3 +127,39 @@ def test_thomson_task_scores_the_projected_points_and_reports_the_gap():
     for kwargs in ({"n_points": 1}, {"n_points": 2.5}, {"dim": 1}, {"s": -1}, {"s": "one"}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             ThomsonTask(**kwargs)
+
+
+def test_supervised_agent_adds_the_mhe_regulariser_and_decays_its_step_size():
+    from rl_energy.config import resolve_config
+    from rl_energy.errors import ConfigError
+    from rl_energy.registry import get_agent
+    from rl_energy.trainer import build_agent
+
+    task = gym.make("rl_energy/Classification-v0", dataset="wine").unwrapped
+
+    def agent(*overrides: str):
+        cfg = resolve_config("supervised", "rl_energy/Classification-v0", get_agent("supervised").config_cls,
+                             overrides=["agent.optimizer=sgd", "agent.lr=0.1", *overrides])
+        torch.manual_seed(0)
+        return build_agent(cfg, task.observation_space, task.action_space, torch.device("cpu"))
+
+    plain, reg = agent(), agent("agent.mhe=half_s1", "agent.mhe_hidden=0.5", "agent.mhe_output=2")
+    assert float(plain.regularizer()) == 0.0
+    torch.testing.assert_close(reg.regularizer(), mhe_regularizer(reg.net, "half_s1", 0.5, 2.0))
+    batch = task.contexts("train")
+    total, data = reg.objective(reg.net(batch["obs"]), batch["target"])
+    torch.testing.assert_close(total, data + reg.regularizer())
+    # with a huge MHE weight the update spreads the output rows (their energy drops)
+    strong = agent("agent.mhe=s2", "agent.mhe_hidden=0", "agent.mhe_output=100")
+    before = float(strong.regularizer())
+    for _ in range(20):
+        strong.update(batch)
+    assert float(strong.regularizer()) < before
+    sched = agent("agent.lr_milestones=[2,3]", "agent.lr_decay=0.5")
+    sizes = [float(sched.update(batch)["step_size"]) for _ in range(4)]
+    assert sizes == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    for bad, key in (("agent.mhe=s3", "agent.mhe"), ("agent.mhe_hidden=-1", "agent.mhe_hidden"),
+                     ("agent.mhe_output=nan", "agent.mhe_output"), ("agent.lr_milestones=[0]", "agent.lr_milestones"),
+                     ("agent.lr_decay=0", "agent.lr_decay"), ("agent.lr_milestones=abc", "agent.lr_milestones")):
+        with pytest.raises(ConfigError, match=key):
+            agent(bad)
