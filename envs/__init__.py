@@ -31,6 +31,8 @@ ENV_SPECS: dict[str, dict] = {
         "entry_point": "rl_energy.envs.tasks.imbalanced_regression:ImbalancedRegressionTask"},
     "rl_energy/EnergyMixture-v0": {"entry_point": "rl_energy.envs.tasks.energy_mixture:EnergyMixtureTask"},
     "rl_energy/EntropicOT-v0": {"entry_point": "rl_energy.envs.tasks.entropic_ot:EntropicOTTask"},
+    "rl_energy/MatrixInverse-v0": {"entry_point": "rl_energy.envs.tasks.matrix_reasoning:MatrixInverseTask"},
+    "rl_energy/MatrixCompletion-v0": {"entry_point": "rl_energy.envs.tasks.matrix_reasoning:MatrixCompletionTask"},
     "rl_energy/Classification-v0": {"entry_point": "rl_energy.envs.tasks.classification:ClassificationTask"},
     "rl_energy/LQRImitation-v0": {"entry_point": "rl_energy.envs.tasks.lqr_imitation:LQRImitationTask"},
     "rl_energy/Thomson-v0": {"entry_point": "rl_energy.envs.tasks.thomson:ThomsonTask"},

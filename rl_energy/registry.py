@@ -34,6 +34,7 @@ AGENTS: dict[str, str] = {
     "cisir": "rl_energy.agents.cisir:CISIR",
     "ebm": "rl_energy.agents.ebm:EBMTrainer",
     "egeot": "rl_energy.agents.egeot:EgEOT",
+    "ired": "rl_energy.agents.ired:IRED",
     "supervised": "rl_energy.agents.supervised:Supervised",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""

@@ -23,7 +23,9 @@ SMALL = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 512, "n_test": 256},
          "rl_energy/EntropicOT-v0": {"d": 2, "n_train": 512, "n_test": 256},
          "rl_energy/Thomson-v0": {"n_points": 5},
          "rl_energy/Classification-v0": {"dataset": "wine"},
-         "rl_energy/LQRImitation-v0": {"n_train": 512, "n_test": 256}}
+         "rl_energy/LQRImitation-v0": {"n_train": 512, "n_test": 256},
+         "rl_energy/MatrixInverse-v0": {"n_train": 64, "n_test": 16},
+         "rl_energy/MatrixCompletion-v0": {"n_train": 64, "n_test": 16}}
 
 
 def test_the_shipped_tasks_are_listed_from_their_classes():
