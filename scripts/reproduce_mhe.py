@@ -39,8 +39,6 @@ from rl_energy.envs.tasks.thomson import THOMSON_MINIMA, minimize_energy
 from rl_energy.nets import hyperspherical_energy
 from rl_energy.samplers import hmc, ula
 
-PAPER_THOMSON = {5: 6.474691495, 12: 49.165253058, 24: 223.347074052}
-
 
 # ------------------------------------------------------------------------------------ (a) Thomson
 def _energy_fn(n: int, temperature: float, confine: float):
