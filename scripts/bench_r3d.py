@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y = data["x"], data["y"]
 
         def ours(h=args.h, x=x, y=y):
-            return r3d(x, y, q=Q, method="simple", h=h, rng=0)
+            return r3d(x, y, q=Q, method="simple", h=h, rng=0, vce="hc3")
 
         def reference(h=args.h, x=x, y=y):
             qm = quantile_matrix(y, Q)
