@@ -33,6 +33,10 @@ Optimisers (``agent.optimizer``), each update counting as **one expensive gradie
   (``sso_inner: sgd``, step ``sso_inner_lr``, ``momentum``) or Armijo line search (``sso_inner: armijo``,
   first trial step ``sso_inner_lr`` at every outer step). ``lr`` is unused.
 
+**Importance weights.** A batch with a ``weight`` key (``[n]``, e.g. ReTaSA's ω̂ on
+``rl_energy/TargetShiftRegression-v0``) replaces the mean by the weighted mean ``Σ_i w_i ℓ_i / Σ_i w_i``
+(importance-weighted ERM, digest §2), in every optimiser's loss.
+
 ``agent.lr_milestones`` (update counts) multiply the ``sgd``/``adam`` step size by ``agent.lr_decay`` at each
 milestone passed (the step schedule of the MHE paper's training).
 
@@ -192,11 +196,17 @@ class Supervised(Agent):
             raise ValueError(f"agent.loss=ce needs one class index per sample, got {per_sample} numbers per sample")
         return kind
 
-    def data_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``ℓ``: the mean over the batch of the per-sample losses of outputs ``pred`` ``[n, A]`` (module docstring)."""
+    def data_loss(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``ℓ``: the mean over the batch of the per-sample losses of outputs ``pred`` ``[n, A]`` (module docstring), or
+        with per-sample ``weight`` ``[n]`` the weighted mean ``Σ w_i ℓ_i / Σ w_i`` (importance-weighted ERM)."""
         if self.resolve_loss(target) == "ce":
-            return F.cross_entropy(pred, target.reshape(-1).long())
-        return (pred - target.reshape(pred.shape)).pow(2).sum(-1).mean()
+            per_sample = F.cross_entropy(pred, target.reshape(-1).long(), reduction="none")
+        else:
+            per_sample = (pred - target.reshape(pred.shape)).pow(2).sum(-1)
+        if weight is None:
+            return per_sample.mean()
+        weight = weight.reshape(-1).to(per_sample)
+        return (weight * per_sample).sum() / weight.sum().clamp_min(torch.finfo(per_sample.dtype).tiny)
 
     def regularizer(self) -> torch.Tensor:
         """``R(θ)``, a penalty on the parameters added to every optimiser's objective (and to SSO's surrogate,
@@ -206,10 +216,11 @@ class Supervised(Agent):
             return torch.zeros((), device=self.device)
         return mhe_regularizer(self.net, c.mhe, c.mhe_hidden, c.mhe_output)
 
-    def objective(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, pred: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L, ℓ)`` with ``L = ℓ(pred) + R(θ)``, the loss that ``sgd`` and ``adam`` minimise (SSO takes ``ℓ`` and
         ``R`` apart: ``ℓ`` is the targets' loss, ``R`` a cheap term of its surrogate)."""
-        data = self.data_loss(pred, target)
+        data = self.data_loss(pred, target, weight)
         return data + self.regularizer(), data
 
     # ------------------------------------------------------------------------------- acting
@@ -230,10 +241,11 @@ class Supervised(Agent):
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         obs = batch["obs"].to(self.device).reshape(-1, self.obs_dim)
         target = batch["target"].to(self.device)
+        weight = batch["weight"].to(self.device) if "weight" in batch.keys() else None
         opt = self.optimizers["net"]
         if isinstance(opt, TargetSurrogate):
             def checked_loss(z: torch.Tensor) -> torch.Tensor:
-                value = self.data_loss(z, target)
+                value = self.data_loss(z, target, weight)
                 assert_finite("loss", value)
                 return value
 
@@ -247,7 +259,7 @@ class Supervised(Agent):
             self.num_updates += 1
             return {"loss": out["loss"], "expensive_grads": torch.tensor(float(opt.expensive_calls)),
                     "model_grads": torch.tensor(float(opt.model_grads)), "step_size": out["step_size"]}
-        total, data = self.objective(self.net(obs), target)
+        total, data = self.objective(self.net(obs), target, weight)
         assert_finite("loss", total)
         lr = self.config.lr * self.config.lr_decay ** sum(self.num_updates >= m for m in self.config.lr_milestones)
         for group in opt.param_groups:

@@ -36,6 +36,8 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/Classification-v0": {"entry_point": "rl_energy.envs.tasks.classification:ClassificationTask"},
     "rl_energy/LQRImitation-v0": {"entry_point": "rl_energy.envs.tasks.lqr_imitation:LQRImitationTask"},
     "rl_energy/Thomson-v0": {"entry_point": "rl_energy.envs.tasks.thomson:ThomsonTask"},
+    "rl_energy/TargetShiftRegression-v0": {
+        "entry_point": "rl_energy.envs.tasks.target_shift:TargetShiftRegressionTask"},
     "rl_energy/DistributionalRDD-v0": {"entry_point": "rl_energy.envs.tasks.distributional_rdd:DistributionalRDDTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
