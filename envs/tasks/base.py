@@ -106,3 +106,14 @@ class OneStepTask(gym.Env):
         a = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(1, *self.action_space.shape)
         reward = float(self.score(self._context, a)[0])
         return self._context["obs"][0].numpy().copy(), reward, True, False, self._info()
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number (``bool`` excluded): the check of every numeric task kwarg."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
+
+
+def is_int(value: Any) -> bool:
+    """An integer (``bool`` excluded)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from rl_energy.envs.tasks.base import OneStepTask, Split
+from rl_energy.envs.tasks.base import OneStepTask, Split, is_int, is_number
 
 DGPS = ("dgp1", "dgp2", "dgp3")
 SIGMA_LOG_SD = 0.75
@@ -131,18 +131,18 @@ class DistributionalRDDTask(OneStepTask):
         p_treat = tuple(p_treat) if isinstance(p_treat, list | tuple) else p_treat
         checks: list[tuple[str, Any, bool, str]] = [
             ("dgp", dgp, dgp in DGPS, f"one of {', '.join(DGPS)}"),
-            ("n_units", n_units, _is_int(n_units) and n_units >= 20, "an integer >= 20"),
-            ("n_test", n_test, _is_int(n_test) and n_test >= 1, "an integer >= 1"),
-            ("samples_per_unit", samples_per_unit, _is_int(samples_per_unit) and 1 <= samples_per_unit <= 100_000,
+            ("n_units", n_units, is_int(n_units) and n_units >= 20, "an integer >= 20"),
+            ("n_test", n_test, is_int(n_test) and n_test >= 1, "an integer >= 1"),
+            ("samples_per_unit", samples_per_unit, is_int(samples_per_unit) and 1 <= samples_per_unit <= 100_000,
              "an integer in [1, 100000]"),
-            ("delta", delta, _is_number(delta) and abs(delta) <= 1e6, "a finite number"),
-            ("gamma", gamma, _is_number(gamma) and -1 < gamma <= 1e3, "a number in (-1, 1000]"),
+            ("delta", delta, is_number(delta) and abs(delta) <= 1e6, "a finite number"),
+            ("gamma", gamma, is_number(gamma) and -1 < gamma <= 1e3, "a number in (-1, 1000]"),
             ("fuzzy", fuzzy, isinstance(fuzzy, bool), "true or false"),
             ("p_treat", p_treat, isinstance(p_treat, tuple) and len(p_treat) == 2
-             and all(_is_number(v) and 0 <= v <= 1 for v in p_treat), "two probabilities [below, above]"),
+             and all(is_number(v) and 0 <= v <= 1 for v in p_treat), "two probabilities [below, above]"),
             ("reward_quantile", reward_quantile, reward_quantile is None
-             or (_is_number(reward_quantile) and 0 < reward_quantile < 1), "null or a level in (0, 1)"),
-            ("data_seed", data_seed, _is_int(data_seed) and data_seed >= 0, "an integer >= 0"),
+             or (is_number(reward_quantile) and 0 < reward_quantile < 1), "null or a level in (0, 1)"),
+            ("data_seed", data_seed, is_int(data_seed) and data_seed >= 0, "an integer >= 0"),
         ]
         for name, value, ok, requirement in checks:
             if not ok:
@@ -220,10 +220,3 @@ class DistributionalRDDTask(OneStepTask):
         return {"value": float(self.score(batch, a).mean()), "treated_fraction": float((a >= 0.5).float().mean()),
                 "value_threshold": float(self.score(batch, threshold).mean())}
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))

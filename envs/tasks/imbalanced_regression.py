@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from rl_energy.envs.tasks.base import OneStepTask, Split
+from rl_energy.envs.tasks.base import OneStepTask, Split, is_number
 
 SAMPLING_MODES = ("uniform", "stratified")
 
@@ -91,9 +91,9 @@ class ImbalancedRegressionTask(OneStepTask):
             ("n_train", n_train, isinstance(n_train, (int, np.integer)) and n_train >= 2, "an integer >= 2"),
             ("n_test", n_test, isinstance(n_test, (int, np.integer)) and n_test >= 2, "an integer >= 2"),
             ("dim", dim, isinstance(dim, (int, np.integer)) and dim >= 2, "an integer >= 2"),
-            ("kappa", kappa, _is_number(kappa) and 0 < kappa <= 10, "in (0, 10]"),
-            ("noise", noise, _is_number(noise) and noise >= 0, ">= 0"),
-            ("rare_threshold", rare_threshold, _is_number(rare_threshold) and rare_threshold > 0, "> 0"),
+            ("kappa", kappa, is_number(kappa) and 0 < kappa <= 10, "in (0, 10]"),
+            ("noise", noise, is_number(noise) and noise >= 0, ">= 0"),
+            ("rare_threshold", rare_threshold, is_number(rare_threshold) and rare_threshold > 0, "> 0"),
             ("n_bins", n_bins, isinstance(n_bins, (int, np.integer)) and n_bins >= 2, "an integer >= 2"),
             ("sampling", sampling, sampling in SAMPLING_MODES, f"one of {', '.join(SAMPLING_MODES)}"),
         ]
@@ -200,8 +200,3 @@ class ImbalancedRegressionTask(OneStepTask):
         return {"mae": mae, "pcc": pcc, "mae_rare": mae_rare, "pcc_rare": pcc_rare,
                 "aore": 0.5 * (mae + mae_rare), "aorc": 0.5 * (pcc + pcc_rare),
                 "rare_fraction": float(rare.float().mean())}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and bool(np.isfinite(value))

@@ -35,7 +35,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_energy.analysis.target_shift import kmm_weights, oracle_weights, retasa_weights, weight_error
-from rl_energy.envs.tasks.base import OneStepTask, Split
+from rl_energy.envs.tasks.base import OneStepTask, Split, is_int
 
 TARGET_LAWS = ("gaussian", "bimodal")
 WEIGHT_KINDS = ("none", "oracle", "retasa", "kmm")
@@ -141,7 +141,7 @@ class TargetShiftRegressionTask(OneStepTask):
         super().__init__()
 
         def count(v: Any, low: int) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+            return is_int(v) and v >= low
 
         checks: list[tuple[str, Any, bool, str]] = [
             ("data_seed", data_seed, count(data_seed, 0), "an integer >= 0"),
