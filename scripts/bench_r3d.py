@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+import timeit
 import warnings
 
 import numpy as np
@@ -36,16 +36,13 @@ from rl_energy.analysis.r3d import quantile_matrix, r3d
 from rl_energy.envs.tasks.distributional_rdd import simulate
 from rl_energy.errors import import_optional
 
+
+def _median(fn, repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn``."""
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+
 Q = np.round(np.linspace(0.1, 0.9, 9), 10)
 
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         res, ref = ours(), reference()
         diff = max(max(abs(res.tau[k] - c[0]), abs(res.tau_bc[k] - c[2]), abs(res.se[k] - s[2]))
                    for k, (c, s) in enumerate(ref))
-        t_ours, t_ref = _median_time(ours, repeats), _median_time(reference, repeats)
-        t_ours_bw = _median_time(lambda: ours(None), repeats)
-        t_ref_bw = _median_time(lambda: reference(None), repeats)
+        t_ours, t_ref = _median(ours, repeats), _median(reference, repeats)
+        t_ours_bw = _median(lambda: ours(None), repeats)
+        t_ref_bw = _median(lambda: reference(None), repeats)
         ratio = t_ref / t_ours
         print(f"n = {n:>5}, m = 50, 9 quantiles: max |ours - rdrobust| (tau, tau_bc, robust se) = {diff:.1e}")
         print(f"   fixed h = {args.h}: ours {1000 * t_ours:7.1f} ms (incl. 200-draw uniform band), rdrobust "

@@ -25,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+import timeit
 
 import numpy as np
 
@@ -33,13 +34,10 @@ from rl_energy.envs.tasks.target_shift import draw, true_weight
 from rl_energy.errors import import_optional
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median(fn, repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn``."""
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         h = float(bandwidth(xs)[0])
         ref_kde = stats.gaussian_kde(xs[:, 0], bw_method=h / xs[:, 0].std(ddof=1))
         diff = float(np.max(np.abs(gaussian_kde(xt, xs, h) - ref_kde(xt[:, 0]))))
-        t_ours = _median_time(lambda xs=xs, xt=xt, h=h: gaussian_kde(xt, xs, h), repeats)
-        t_ref = _median_time(lambda xt=xt, ref_kde=ref_kde: ref_kde(xt[:, 0]), repeats)
+        t_ours = _median(lambda xs=xs, xt=xt, h=h: gaussian_kde(xt, xs, h), repeats)
+        t_ref = _median(lambda xt=xt, ref_kde=ref_kde: ref_kde(xt[:, 0]), repeats)
         ratio = t_ref / t_ours
         omega = true_weight(ys.ravel(), "gaussian")
         t0 = time.perf_counter()
