@@ -231,6 +231,9 @@ def test_env_rejects_bad_kwargs_naming_them(kwarg, value):
     kwargs = {"n_units": 50, "n_test": 5, "samples_per_unit": 3, kwarg: value}
     with pytest.raises(ValueError, match=kwarg):
         DistributionalRDDTask(**kwargs)
+
+
+def test_env_rejects_a_fuzzy_design_without_a_jump():
     with pytest.raises(ValueError, match="p_treat"):
         DistributionalRDDTask(fuzzy=True, p_treat=[0.5, 0.5], n_units=50, n_test=5, samples_per_unit=3)
 

@@ -522,8 +522,10 @@ def pooled_quantile_rd(x: np.ndarray, samples: np.ndarray, cutoff: float = 0.0,
     _check_finite("samples", samples)
     q = _check_q(q)
     grid = np.quantile(samples, np.linspace(0.0, 1.0, grid_size))
-    srt = np.sort(samples, axis=1)
-    cdf = np.stack([np.searchsorted(row, grid, side="right") for row in srt]) / samples.shape[1]  # [n, G]
+    # F_i(grid) for all units, in chunks of units so the [chunk, m, G] comparison stays small
+    chunk = max(1, 4_000_000 // (samples.shape[1] * grid.size))
+    cdf = np.concatenate([(samples[i:i + chunk, :, None] <= grid).mean(axis=1)
+                          for i in range(0, x.size, chunk)])                                  # [n, G]
     out = []
     for side in (+1, -1):
         w = local_poly_operator(x, cutoff, float(h), p, side, kernel)[0]                      # intercept weights
