@@ -62,7 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="spread over seeds: min-max, or 95%% bootstrap CI of the mean")
 
     an = sub.add_parser("analyze", help="analyses: `analyze td` (TD / target-network stability of a linear MDP), "
-                                        "`analyze rdd` (distributional regression discontinuity)")
+                                        "`analyze rdd` (distributional regression discontinuity), "
+                                        "`analyze influence` (EK-FAC influence of training samples on a query)")
     an_sub = an.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     td = an_sub.add_parser(
         "td", help="expected-update matrices, PFPE spectral radius, condition function, expected and sampled runs",
@@ -90,12 +91,29 @@ def _build_parser() -> argparse.ArgumentParser:
     rdd.add_argument("--bandwidth", type=float, default=None, help="fixed bandwidth (default: MSE-optimal)")
     rdd.add_argument("--boot", type=int, default=500, help="multiplier bootstrap draws")
     rdd.add_argument("--seed", type=int, default=0)
+    inf = an_sub.add_parser(
+        "influence", help="EK-FAC influence functions: the training samples of a finished run ranked by influence "
+                          "on a query",
+        description="Influence functions (Grosse et al. 2023; rl_energy/analysis/influence.py) for a finished "
+                    "run of the supervised agent on a one-step task: I(z) = -grad f^T (G + damping)^-1 grad L(z) "
+                    "with f = -loss of the query, so positive = upweighting z lowers the query's loss (helpful). "
+                    "Prints the top training samples, most helpful first, and writes a CSV.")
+    inf.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rl-energy train`")
+    inf.add_argument("--query", default="worst",
+                     help="test:INDEX or train:INDEX, or 'worst' (the test sample with the largest loss; default)")
+    inf.add_argument("--method", choices=["ekfac", "kfac", "identity", "exact", "lissa"], default="ekfac")
+    inf.add_argument("--top", type=int, default=10, help="training samples to print")
+    inf.add_argument("--damping", type=float, default=None, help="fixed damping (default 0.1 x mean eigenvalue)")
+    inf.add_argument("--out", help="CSV of all training samples' scores (default RUN_DIR/influence.csv)")
+    inf.add_argument("--seed", type=int, default=0, help="seed of the labels sampled for the Fisher")
     return parser
 
 
 def _analyze(args: argparse.Namespace) -> int:
     if args.analysis == "rdd":
         return _analyze_rdd(args)
+    if args.analysis == "influence":
+        return _analyze_influence(args)
     import gymnasium as gym
     import numpy as np
 
@@ -188,6 +206,94 @@ def _analyze_rdd(args: argparse.Namespace) -> int:
     if homo is not None:
         print(f"homogeneity test (tau constant in q): stat {homo.statistic:.2f}, p = {homo.p_value:.3f}")
     env.close()
+    return 0
+
+
+def _analyze_influence(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+
+    from rl_energy.analysis.influence import Influence, rank_influences
+    from rl_energy.config import ConfigError
+    from rl_energy.trainer import load_run_config, loop_for
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
+    run_dir = Path(args.run_dir)
+    cfg = load_run_config(run_dir, what="analyze influence")
+    if cfg.agent_name != "supervised":
+        raise ConfigError(f"analyze influence supports runs of the 'supervised' agent on one-step tasks (its net and "
+                          f"its loss on `target`); {run_dir} is a run of '{cfg.agent_name}'")
+    run, step = loop_for(cfg).load(run_dir, cfg, torch.device("cpu"))
+    try:
+        agent, task = run.agent, run.task
+        train, test = task.contexts("train"), task.contexts("test")
+        kind = agent.resolve_loss(train["target"])
+        net = agent.net.float()
+        torch.set_grad_enabled(True)
+
+        def per_example(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            out = model(batch[0])
+            if kind == "ce":
+                return torch.nn.functional.cross_entropy(out, batch[1].reshape(-1).long(), reduction="none")
+            return (out - batch[1].reshape(out.shape)).pow(2).sum(-1)
+
+        gen = torch.Generator().manual_seed(args.seed)
+
+        def fisher(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            out = model(batch[0])
+            if kind == "ce":  # labels sampled from the model: the true Fisher
+                y = torch.multinomial(out.detach().softmax(-1), 1, generator=gen).reshape(-1)
+                return torch.nn.functional.cross_entropy(out, y, reduction="none")
+            y = out.detach() + torch.randn(out.shape, generator=gen) * 0.5**0.5  # ||z - y||^2 = NLL of N(z, I/2)
+            return (out - y).pow(2).sum(-1)
+
+        def measurement(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return -per_example(model, batch)
+
+        def split_batches(data: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return list(zip(data["obs"].float().split(1024), data["target"].float().split(1024), strict=True))
+
+        train_b, test_b = split_batches(train), split_batches(test)
+        with torch.no_grad():
+            test_loss = torch.cat([per_example(net, b) for b in test_b])
+        where, _, idx = args.query.partition(":")
+        if args.query == "worst":
+            where, index = "test", int(test_loss.argmax())
+        elif where in ("test", "train") and idx.strip().lstrip("-").isdigit():
+            index = int(idx)
+            size = len(test_loss) if where == "test" else len(train["obs"])
+            if not 0 <= index < size:
+                raise ConfigError(f"--query {args.query}: index out of range for the {where} split of {size} samples")
+        else:
+            raise ConfigError(f"--query must be test:INDEX, train:INDEX or worst, got {args.query!r}")
+        src = test if where == "test" else train
+        query = [(src["obs"][index:index + 1].float(), src["target"][index:index + 1].float())]
+        inf = Influence(net, method=args.method, damping=args.damping, seed=args.seed).fit(train_b, fisher)
+        scores = inf.scores(query, measurement, train_b, per_example)[0].numpy()
+        with torch.no_grad():
+            train_loss = torch.cat([per_example(net, b) for b in train_b]).numpy()
+            q_loss = float(per_example(net, query[0])[0])
+    finally:
+        run.env.close()
+    order, _ = rank_influences(scores, len(scores))
+    out = Path(args.out) if args.out else run_dir / "influence.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["rank", "train_index", "influence", "train_loss", "target"])
+        for r, i in enumerate(order, 1):
+            writer.writerow([r, int(i), f"{scores[i]:.6g}", f"{train_loss[i]:.6g}",
+                             " ".join(f"{v:g}" for v in train["target"][i].reshape(-1).tolist())])
+    target = " ".join(f"{v:g}" for v in src["target"][index].reshape(-1).tolist())
+    print(f"{args.method} influence on {where}:{index} (target {target}, loss {q_loss:.4g}) of the {len(scores)} "
+          f"training samples of {run_dir} (context {step}; {kind} loss; positive = lowers the query's loss)")
+    print(f"{'rank':>4} {'train':>6} {'influence':>11} {'loss':>8} target")
+    for r, i in enumerate(order[:args.top], 1):
+        tgt = " ".join(f"{v:g}" for v in train["target"][i].reshape(-1).tolist())
+        print(f"{r:>4} {int(i):>6} {scores[i]:>11.4g} {train_loss[i]:>8.4g} {tgt}")
+    print(f"wrote {out}")
     return 0
 
 

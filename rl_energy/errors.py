@@ -31,14 +31,26 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "rliable": ("rliable", "bench"),
     "ot": ("pot", "ot"),
     "pyro": ("pyro-ppl", "bench"),
+    "lime": ("lime", "interpret"),
+    "shap": ("shap", "interpret"),
+    "kronfluence": ("kronfluence", "influence"),
+    "vaderSentiment": ("vaderSentiment", "align"),
 }
 """``import name -> (PyPI name, rl-energy extra that installs it)`` for every optional dependency."""
+
+INSTALL_HINTS: dict[str, str] = {
+    # kronfluence's metadata requires torchvision (which it never imports), and the newest torchvision pins the
+    # newest (CUDA) torch: install its real dependencies through the extra, then the package without its own.
+    "kronfluence": "pip install 'rl-energy[influence]' && pip install --no-deps kronfluence",
+}
+"""Install commands for the optional packages whose plain ``pip install`` would go wrong."""
 
 
 def missing_extra_message(module: str, purpose: str = "") -> str:
     pip_name, extra = OPTIONAL_PACKAGES.get(module.split(".")[0], (module, ""))
     what = f"{purpose} needs" if purpose else "needs"
-    how = f"pip install 'rl-energy[{extra}]'" if extra else f"pip install {pip_name}"
+    how = INSTALL_HINTS.get(module.split(".")[0]) or (f"pip install 'rl-energy[{extra}]'" if extra
+                                                       else f"pip install {pip_name}")
     return f"{what} the optional package '{pip_name}', which is not installed: {how}".strip()
 
 
