@@ -93,14 +93,15 @@ def train_subsets(net: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch
     return params
 
 
-def part_b(quick: bool) -> None:
+def part_b(quick: bool, activation: str = "tanh") -> None:
     torch.manual_seed(0)
     x, y, xq, yq = diabetes()
     n = len(x)
     n_subsets = 32 if quick else 100
     steps, lr, wd = 1500, 3e-3, 0.1
     n_queries = 8 if quick else 20
-    net = mlp(10, [64, 64], 1, activation=nn.Tanh)
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+    net = mlp(10, [64, 64], 1, activation=act)
     net.keep_fp32 = True
     t0 = time.perf_counter()
     full = train_subsets(net, x, y, torch.ones(1, n), steps, lr, wd)
@@ -108,7 +109,7 @@ def part_b(quick: bool) -> None:
         for k, p in net.named_parameters():
             p.copy_(full[k][0])
     torch.manual_seed(0)
-    init = mlp(10, [64, 64], 1, activation=nn.Tanh)  # the same initialisation as `net` had
+    init = mlp(10, [64, 64], 1, activation=act)  # the same initialisation as `net` had
     gen = torch.Generator().manual_seed(1)
     masks = (torch.rand(n_subsets, n, generator=gen) < 0.5).float()
     sub = train_subsets(init, x, y, masks, steps, lr, wd)
@@ -121,7 +122,8 @@ def part_b(quick: bool) -> None:
         train_mse = float(sq(net, (x, y)).mean())
         test_mse = float(sq(net, (xq, yq)).mean())
     t_retrain = time.perf_counter() - t0
-    print(f"Part B: load_diabetes, MLP 10-64-64-1 (tanh, {sum(p.numel() for p in net.parameters())} parameters), "
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"Part B: load_diabetes, MLP 10-64-64-1 ({activation}, {n_params} parameters), "
           f"{n} train / {len(xq)} test, full-batch Adam {steps} steps (L2 {wd}): train MSE {train_mse:.3f}, test MSE "
           f"{test_mse:.3f}; LDS ground truth: {n_subsets} retrainings on random halves in {t_retrain:.1f} s")
     train_b = [(x, y)]
@@ -349,11 +351,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["A", "B", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="smaller settings (about a minute)")
+    parser.add_argument("--activation", choices=["tanh", "relu", "both"], default="both",
+                        help="hidden activation of part B's MLP (default: both, one after the other)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     if args.part in ("B", "all"):
-        part_b(args.quick)
+        for i, activation in enumerate(("tanh", "relu") if args.activation == "both" else (args.activation,)):
+            if i:
+                print()
+            part_b(args.quick, activation)
     if args.part in ("A", "all"):
         if args.part == "all":
             print()
