@@ -84,12 +84,13 @@ class Agent(nn.Module):
     metric_names: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
     """False for controllers with nothing to learn (``rl-energy evaluate --agent NAME --env ID``)."""
-    collection: ClassVar[Literal["steps", "trajectories", "contexts"]] = "steps"
+    collection: ClassVar[Literal["steps", "trajectories", "contexts", "pairs"]] = "steps"
     """How its data is collected, which picks the training loop in :data:`rl_energy.trainer.LOOPS`:
     ``steps`` (transitions into a replay buffer: :class:`~rl_energy.trainer.Trainer`), ``trajectories``
     (whole trajectories through a GFlowNet DAG: :class:`~rl_energy.trainer.TrajectoryTrainer`, which builds
     the agent from the DAG) or ``contexts`` (batches of contexts of a one-step task:
-    :class:`~rl_energy.trainer.ContextTrainer`). Step agents run on one-step tasks too, through the
+    :class:`~rl_energy.trainer.ContextTrainer`) or ``pairs`` (offline preference pairs of a preference env:
+    :class:`~rl_energy.trainer.pairs.PairTrainer`). Step agents run on one-step tasks too, through the
     ``contexts`` loop, as maximum-entropy contextual bandits."""
     uses_labels: ClassVar[bool] = False
     """``contexts`` agents: True for full-information learners, whose :meth:`update` gets the batch's

@@ -36,6 +36,9 @@ AGENTS: dict[str, str] = {
     "egeot": "rl_energy.agents.egeot:EgEOT",
     "ired": "rl_energy.agents.ired:IRED",
     "supervised": "rl_energy.agents.supervised:Supervised",
+    "dpo": "rl_energy.agents.radpo:DPO",
+    "tdpo": "rl_energy.agents.radpo:TDPO",
+    "radpo": "rl_energy.agents.radpo:RaDPO",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""
 

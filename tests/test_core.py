@@ -75,11 +75,12 @@ def test_a_missing_extra_breaks_only_what_needs_it(tmp_path):
 
 
 def test_the_loop_table_picks_each_mode_once():
-    assert set(LOOPS) == {"steps", "trajectories", "contexts"}
+    assert set(LOOPS) == {"steps", "trajectories", "contexts", "pairs"}
     assert collection_mode("sac", "Pendulum-v1") == "steps"
     assert collection_mode("tb", "rl_energy/HyperGrid-v0") == "trajectories"
     assert collection_mode("layerwise", "rl_energy/HierPoly-v0") == "contexts"
     assert collection_mode("ebflow", "rl_energy/HierPoly-v0") == "contexts"  # step agents as contextual bandits
+    assert collection_mode("radpo", "rl_energy/SentimentPreference-v0") == "pairs"
     for name in AGENTS:
         assert get_agent(name).cls.collection in LOOPS
 
@@ -149,7 +150,8 @@ def test_every_shipped_yaml_resolves_and_its_loop_accepts_it(agent, env_id):
 def test_every_default_yaml_resolves():
     for agent in AGENTS:
         env = {"steps": "Pendulum-v1", "trajectories": "rl_energy/HyperGrid-v0",
-               "contexts": "rl_energy/HierPoly-v0"}[get_agent(agent).cls.collection]
+               "contexts": "rl_energy/HierPoly-v0", "pairs": "rl_energy/SentimentPreference-v0"}[
+            get_agent(agent).cls.collection]
         if get_agent(agent).cls.discrete_actions:
             env = "CartPole-v1"
         if agent == "bubble_linear":

@@ -12,7 +12,7 @@ it rather than branching on the mode. A step agent on a one-step task runs in th
 * :mod:`~rl_energy.trainer.rundir`: run directories and the loader of saved configs;
 * :mod:`~rl_energy.trainer.hooks`: the step loop's extension hooks (goal envs);
 * :mod:`~rl_energy.trainer.steps`, :mod:`~rl_energy.trainer.trajectories`,
-  :mod:`~rl_energy.trainer.contexts`: the loops.
+  :mod:`~rl_energy.trainer.contexts`, :mod:`~rl_energy.trainer.pairs` (offline preference pairs): the loops.
 
 Loop modules are imported on first use, so a SAC run never imports the GFlowNet code.
 """
@@ -36,6 +36,7 @@ LOOPS: dict[str, str] = {
     "steps": "rl_energy.trainer.steps:Trainer",
     "trajectories": "rl_energy.trainer.trajectories:TrajectoryTrainer",
     "contexts": "rl_energy.trainer.contexts:ContextTrainer",
+    "pairs": "rl_energy.trainer.pairs:PairTrainer",
 }
 """``collection mode -> "module:LoopClass"``."""
 
@@ -88,6 +89,7 @@ _LAZY = {
     "Trainer": "rl_energy.trainer.steps", "load_trained_agent": "rl_energy.trainer.steps",
     "TrajectoryTrainer": "rl_energy.trainer.trajectories", "load_trained_sampler": "rl_energy.trainer.trajectories",
     "ContextTrainer": "rl_energy.trainer.contexts",
+    "PairTrainer": "rl_energy.trainer.pairs",
 }
 
 
