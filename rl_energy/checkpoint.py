@@ -45,3 +45,11 @@ def load_checkpoint(directory: str | Path, with_buffer: bool = True) -> tuple[di
     if with_buffer and (d / BUFFER_FILE).is_file():
         buffer_state = torch.load(d / BUFFER_FILE, map_location="cpu", weights_only=True)
     return state, buffer_state
+
+
+def load_agent_state(agent: Any, run_dir: str | Path) -> int:
+    """Load the agent state of a finished run's last checkpoint (``RUN_DIR/checkpoints``) into ``agent``; return the
+    run's step counter. What ``rl-energy evaluate`` of every loop starts from."""
+    state, _ = load_checkpoint(Path(run_dir) / "checkpoints", with_buffer=False)
+    agent.load_checkpoint_state(state["agent"])
+    return int(state["step"])

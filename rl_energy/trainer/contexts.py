@@ -25,7 +25,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_energy.agent import Agent, NonFiniteError
-from rl_energy.checkpoint import load_checkpoint
+from rl_energy.checkpoint import load_agent_state
 from rl_energy.config import RunConfig
 from rl_energy.errors import ConfigError
 from rl_energy.trainer.base import EvalOptions, RunLoop
@@ -143,9 +143,7 @@ class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=C
     def load(cls, run_dir: str | Path, cfg: RunConfig, device: torch.device) -> tuple[TaskRun, int]:
         """The task and agent of a finished run at its last checkpoint, and the contexts it trained on."""
         run = TaskRun(cfg, device)
-        state, _ = load_checkpoint(Path(run_dir) / "checkpoints", with_buffer=False)
-        run.agent.load_checkpoint_state(state["agent"])
-        return run, int(state["step"])
+        return run, load_agent_state(run.agent, run_dir)
 
     @classmethod
     def evaluate_run(cls, run_dir: Path, cfg: RunConfig, opts: EvalOptions) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_energy.checkpoint import load_checkpoint
+from rl_energy.checkpoint import load_agent_state
 from rl_energy.config import RunConfig
 from rl_energy.errors import ConfigError
 from rl_energy.trainer.base import EvalOptions, RunLoop
@@ -108,9 +108,7 @@ class PairTrainer(RunLoop, mode="pairs", step_unit="pair", train_keys=PAIR_TRAIN
     @classmethod
     def load(cls, run_dir: str | Path, cfg: RunConfig, device: torch.device) -> tuple[PairRun, int]:
         run = PairRun(cfg, device)
-        state, _ = load_checkpoint(Path(run_dir) / "checkpoints", with_buffer=False)
-        run.agent.load_checkpoint_state(state["agent"])
-        return run, int(state["step"])
+        return run, load_agent_state(run.agent, run_dir)
 
     @classmethod
     def evaluate_run(cls, run_dir: Path, cfg: RunConfig, opts: EvalOptions) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rl_energy.agent import Agent
-from rl_energy.checkpoint import load_checkpoint
+from rl_energy.checkpoint import load_agent_state
 from rl_energy.config import RunConfig
 from rl_energy.errors import ConfigError
 from rl_energy.registry import get_agent
@@ -135,9 +135,7 @@ class TrajectoryTrainer(RunLoop, mode="trajectories", step_unit="trajectory", tr
         """The sampler of a finished run at its last checkpoint and the trajectories it trained on; its DAG
         env is ``agent.dag``."""
         agent = _build_sampler(cfg, device)
-        state, _ = load_checkpoint(Path(run_dir) / "checkpoints", with_buffer=False)
-        agent.load_checkpoint_state(state["agent"])
-        return agent, int(state["step"])
+        return agent, load_agent_state(agent, run_dir)
 
     @classmethod
     def evaluate_run(cls, run_dir: Path, cfg: RunConfig, opts: EvalOptions) -> str:
