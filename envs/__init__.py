@@ -39,6 +39,8 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/TargetShiftRegression-v0": {
         "entry_point": "rl_energy.envs.tasks.target_shift:TargetShiftRegressionTask"},
     "rl_energy/DistributionalRDD-v0": {"entry_point": "rl_energy.envs.tasks.distributional_rdd:DistributionalRDDTask"},
+    "rl_energy/StructuredInterpretation-v0": {
+        "entry_point": "rl_energy.envs.tasks.structured_interpretation:StructuredInterpretationTask"},
     "rl_energy/SentimentPreference-v0": {"entry_point": "rl_energy.envs.sentiment_preference:SentimentPreferenceEnv"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""

@@ -22,12 +22,14 @@ ENV_KWARGS = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 256, "n_test": 128},
               "rl_energy/EnergyMixture-v0": {"n_train": 256, "n_test": 128},
               "rl_energy/EntropicOT-v0": {"d": 2, "n_train": 256, "n_test": 128},
               "rl_energy/MatrixInverse-v0": {"n_train": 64, "n_test": 16},
-              "rl_energy/Classification-v0": {"dataset": "wine"}}
+              "rl_energy/Classification-v0": {"dataset": "wine"},
+              "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128}}
 
 
 CONTEXT_TASK = {"cisir": "rl_energy/ImbalancedRegression-v0", "ebm": "rl_energy/EnergyMixture-v0",
                 "egeot": "rl_energy/EntropicOT-v0", "ired": "rl_energy/MatrixInverse-v0",
-                "supervised": "rl_energy/Classification-v0"}
+                "supervised": "rl_energy/Classification-v0",
+                **dict.fromkeys(("sointer", "l2x", "mask_reinforce"), "rl_energy/StructuredInterpretation-v0")}
 """``contexts`` agents built for a task other than HierPoly."""
 
 
@@ -94,13 +96,14 @@ class Built:
 
             return self.agent.update(sample_trajectories(self.dag, self.agent.forward_logits, 8))
         task = self.env.unwrapped
-        if self.mode == "contexts" and self.agent.collection == "contexts":
+        if self.mode == "contexts" and self.agent.uses_labels:
             return self.agent.update(task.contexts("train", 16, self.rng))
         n = 16
         obs = (task.contexts("train", n, self.rng)["obs"] if self.mode == "contexts" else
                torch.as_tensor(np.stack([self.env.observation_space.sample() for _ in range(n)]), dtype=torch.float32))
         action = self.agent.act(obs).float().reshape(n, -1)
-        return self.agent.update(TensorDict({"obs": obs, "action": action, "reward": torch.randn(n),
+        reward = torch.randn(n) if self.agent.collection != "contexts" else torch.randint(0, 2, (n,)).float()
+        return self.agent.update(TensorDict({"obs": obs, "action": action, "reward": reward,
                                              "next_obs": obs, "terminated": torch.zeros(n, dtype=torch.bool)},
                                             batch_size=[n]))
 
