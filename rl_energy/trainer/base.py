@@ -170,7 +170,8 @@ class RunLoop:
         return None if result is None else dict(result)
 
     def _eval_from_state(self, state: Any) -> Any:
-        return state
+        """The last evaluation as saved in a checkpoint (a metrics dict unless a loop overrides it)."""
+        return dict(state or {})
 
     def final_line(self, result: Any) -> str:
         raise NotImplementedError

@@ -19,7 +19,6 @@ The agent sees the whole train split once before training (:meth:`Agent.observe_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -101,9 +100,6 @@ class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=C
 
     def _close(self) -> None:
         self.run.env.close()
-
-    def _eval_from_state(self, state: Any) -> dict[str, float]:
-        return dict(state or {})
 
     def _collect(self) -> int:
         n = self.cfg.train.batch_size

@@ -76,9 +76,6 @@ class PairTrainer(RunLoop, mode="pairs", step_unit="pair", train_keys=PAIR_TRAIN
     def _close(self) -> None:
         self.run.env.close()
 
-    def _eval_from_state(self, state: Any) -> dict[str, float]:
-        return dict(state or {})
-
     def _collect(self) -> int:
         n = self.cfg.train.batch_size
         if self._pos + n > len(self._order):

@@ -76,9 +76,6 @@ class TrajectoryTrainer(RunLoop, mode="trajectories", step_unit="trajectory", tr
         self.modes_seen = set(state["modes_seen"])
         self.probe_log_rewards = dict(zip(*state["probes"], strict=True))
 
-    def _eval_from_state(self, state: Any) -> dict[str, float]:
-        return dict(state or {})
-
     def _probe(self, n: int) -> None:
         from rl_energy.trajectories import sample_trajectories
 
