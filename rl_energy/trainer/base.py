@@ -287,6 +287,14 @@ class RunLoop:
         self.last_eval_step = self.step
         self._evaluated_now = final
 
+    def _count_update(self, metrics: dict[str, Any], n: int) -> int:
+        """Book one agent update of ``n`` steps (contexts, pairs): keep its metrics (checked on the first update)
+        and advance the counters; returns ``n``."""
+        self.last_metrics = self._check_metrics(metrics) if self.updates == 0 else metrics
+        self.step += n
+        self.updates += 1
+        return n
+
     def _check_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """An agent's update metrics, refused if it returns a name it did not declare in ``metric_names``."""
         undeclared = set(metrics) - set(self.agent.metric_names)

@@ -119,10 +119,7 @@ class ContextTrainer(RunLoop, mode="contexts", step_unit="context", train_keys=C
                                                                                   device=self.device)},
                               batch_size=[n])
             metrics = self.agent.update(step)
-        self.last_metrics = self._check_metrics(metrics) if self.updates == 0 else metrics
-        self.step += n
-        self.updates += 1
-        return n
+        return self._count_update(metrics, n)
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
         return self.run.evaluate()

@@ -83,10 +83,7 @@ class PairTrainer(RunLoop, mode="pairs", step_unit="pair", train_keys=PAIR_TRAIN
         idx = torch.as_tensor(np.asarray(self._order[self._pos:self._pos + n]))
         self._pos += n
         metrics = self.agent.update(self.run.train_pairs[idx].to(self.device))
-        self.last_metrics = self._check_metrics(metrics) if self.updates == 0 else metrics
-        self.step += n
-        self.updates += 1
-        return n
+        return self._count_update(metrics, n)
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
         return self.run.evaluate()
