@@ -42,6 +42,8 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/StructuredInterpretation-v0": {
         "entry_point": "rl_energy.envs.tasks.structured_interpretation:StructuredInterpretationTask"},
     "rl_energy/SentimentPreference-v0": {"entry_point": "rl_energy.envs.sentiment_preference:SentimentPreferenceEnv"},
+    # atomistic papers (rl_energy/atoms/; the `atoms` extra)
+    "rl_energy/S2EF-v0": {"entry_point": "rl_energy.envs.tasks.s2ef:S2EFTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 

@@ -35,6 +35,10 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "shap": ("shap", "interpret"),
     "kronfluence": ("kronfluence", "influence"),
     "vaderSentiment": ("vaderSentiment", "align"),
+    "ase": ("ase", "atoms"),
+    "rdkit": ("rdkit", "atoms"),
+    "tblite": ("tblite", "atoms"),
+    "e3nn": ("e3nn", "atoms"),
 }
 """``import name -> (PyPI name, rl-energy extra that installs it)`` for every optional dependency."""
 

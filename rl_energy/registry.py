@@ -42,6 +42,7 @@ AGENTS: dict[str, str] = {
     "dpo": "rl_energy.agents.radpo:DPO",
     "tdpo": "rl_energy.agents.radpo:TDPO",
     "radpo": "rl_energy.agents.radpo:RaDPO",
+    "mlff": "rl_energy.agents.mlff:MLFF",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""
 
