@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 
 import gymnasium as gym
@@ -12,6 +14,9 @@ from rl_energy.config import RunConfig, resolve_config
 from rl_energy.registry import get_agent
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+# the atomistic label and dataset caches (rl_energy/atoms/labellers.py): a fresh one per test session unless the
+# developer points RL_ENERGY_CACHE at a kept one
+os.environ.setdefault("RL_ENERGY_CACHE", tempfile.mkdtemp(prefix="rl_energy_cache_"))
 
 
 class ProbeEnv(gym.Env):

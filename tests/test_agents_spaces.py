@@ -23,12 +23,13 @@ ENV_KWARGS = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 256, "n_test": 128},
               "rl_energy/EntropicOT-v0": {"d": 2, "n_train": 256, "n_test": 128},
               "rl_energy/MatrixInverse-v0": {"n_train": 64, "n_test": 16},
               "rl_energy/Classification-v0": {"dataset": "wine"},
-              "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128}}
+              "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128},
+              "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16}}
 
 
 CONTEXT_TASK = {"cisir": "rl_energy/ImbalancedRegression-v0", "ebm": "rl_energy/EnergyMixture-v0",
                 "egeot": "rl_energy/EntropicOT-v0", "ired": "rl_energy/MatrixInverse-v0",
-                "supervised": "rl_energy/Classification-v0",
+                "supervised": "rl_energy/Classification-v0", "mlff": "rl_energy/S2EF-v0",
                 **dict.fromkeys(("sointer", "l2x", "mask_reinforce"), "rl_energy/StructuredInterpretation-v0")}
 """``contexts`` agents built for a task other than HierPoly."""
 

@@ -217,6 +217,7 @@ def langevin_md(atoms: Any, calc: Any, temperature: float, steps: int, every: in
 # ------------------------------------------------------------------------------------ mini-OC20
 def slab(metal: str, adsorbate: str, site: str, height: float = 1.5, vacuum: float = 6.0) -> Any:
     """A ``metal`` fcc(111) 2×2×3 slab, bottom layer fixed, with one ``adsorbate`` atom on ``site``."""
+    _ase()
     from ase.build import add_adsorbate, fcc111
     from ase.constraints import FixAtoms
 
@@ -228,6 +229,7 @@ def slab(metal: str, adsorbate: str, site: str, height: float = 1.5, vacuum: flo
 
 def relaxation_frames(atoms: Any, calc: Any, steps: int, fmax: float = 0.05) -> list[Any]:
     """The frames of a BFGS relaxation of ``atoms`` under ``calc`` (at most ``steps`` steps), start included."""
+    _ase()
     from ase.optimize import BFGS
 
     work = atoms.copy()
@@ -249,6 +251,7 @@ def mini_oc20(n: int, seed: int = 0, metals: Sequence[str] = METALS, adsorbates:
     kind, in turn: the relaxation trajectory from a 0.1 Å rattle (OC20's S2EF frames are relaxation frames),
     EMT Langevin MD at a temperature in ``temperatures``, or rattles of σ 0.02–0.1 Å around the relaxed slab.
     Frames with a force component above ``max_force`` eV/Å are dropped (a rare close contact)."""
+    _ase()
     from ase.calculators.emt import EMT
 
     rng = np.random.default_rng(seed)
