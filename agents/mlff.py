@@ -33,7 +33,7 @@ from tensordict import TensorDict
 from rl_energy.agent import Agent, assert_finite
 from rl_energy.atoms.graph import Structures, max_atoms_of, unpack
 from rl_energy.atoms.models import MODELS, AtomisticModel, build_model, n_parameters
-from rl_energy.atoms.scn import MESSAGES
+from rl_energy.atoms.scn import MESSAGES, READOUTS
 from rl_energy.errors import require
 from rl_energy.optim import adam
 
@@ -70,7 +70,9 @@ class MLFFConfig:
     message: str = "scn"
     """mini-SCN: ``scn`` (dense edge-frame layers, SCN) | ``so2`` (roll-equivariant, eSCN form)."""
     grid_phi: int = 16
-    """mini-SCN: azimuthal points of the sphere grid."""
+    """mini-SCN: azimuthal points of the edge-frame sphere grid."""
+    readout: str = "grid"
+    """mini-SCN: ``grid`` (SCN's sphere-grid MLP readout) | ``linear`` (exactly equivariant special case)."""
     lr: float = 1e-3
     lr_decay_updates: int = 0
     """Cosine decay of the step size to ``lr / 100`` over this many updates (0: constant)."""
@@ -85,6 +87,7 @@ class MLFFConfig:
         require(self, "model", self.model in MODELS, f"one of {', '.join(MODELS)}")
         require(self, "message", self.message in MESSAGES, f"one of {', '.join(MESSAGES)}")
         require(self, "loss", self.loss in LOSSES, f"one of {', '.join(LOSSES)}")
+        require(self, "readout", self.readout in READOUTS, f"one of {', '.join(READOUTS)}")
         require(self, "cutoff", math.isfinite(self.cutoff) and 0.5 <= self.cutoff <= 20, "in [0.5, 20] Å")
         for key, low, high in (("n_layers", 1, 32), ("n_rbf", 2, 256), ("width", 2, 4096), ("channels", 1, 1024),
                                ("hidden", 1, 4096), ("grid_phi", 1, 512), ("l_max", 1, 8)):
@@ -111,7 +114,7 @@ class MLFFConfig:
                     "cutoff": self.cutoff}
         return {"channels": self.channels, "l_max": self.l_max, "m_max": self.m_max, "n_layers": self.n_layers,
                 "hidden": self.hidden, "n_rbf": self.n_rbf, "cutoff": self.cutoff, "message": self.message,
-                "grid_phi": self.grid_phi}
+                "grid_phi": self.grid_phi, "readout": self.readout}
 
 
 class MLFF(Agent):

@@ -136,6 +136,7 @@ def test_conservative_forces_match_finite_differences_through_periodic_images(sl
     ("schnet", {}), ("e3nn", {"l_max": 2}),
     ("scn", {"message": "so2", "l_max": 2, "m_max": 0}), ("scn", {"message": "so2", "l_max": 2, "m_max": 1}),
     ("scn", {"message": "so2", "l_max": 2, "m_max": 2}), ("scn", {"message": "scn", "l_max": 2, "m_max": 0}),
+    ("scn", {"message": "so2", "l_max": 2, "m_max": 2, "readout": "linear"}),
 ])
 def test_models_are_rotation_equivariant(slabs, kind, kwargs):
     torch.manual_seed(0)
@@ -222,7 +223,7 @@ def test_mlff_config_errors_name_the_key():
     from rl_energy.registry import get_agent
 
     for key, value in [("model", "painn"), ("cutoff", "0"), ("m_max", "5"), ("lr", "-1"), ("loss", "huber"),
-                       ("grid_phi", "2")]:
+                       ("grid_phi", "2"), ("readout", "mean")]:
         with pytest.raises(ConfigError, match=f"agent.{key}"):
             resolve_config("mlff", "rl_energy/S2EF-v0", get_agent("mlff").config_cls,
                            overrides=[f"agent.{key}={value}", "agent.model=scn" if key != "model" else "agent.lr=1e-3"])

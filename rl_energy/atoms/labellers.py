@@ -81,9 +81,7 @@ class ForceFieldLabeller:
             raise ValueError(f"the {self.name} labeller needs the molecule's SMILES in atoms.info['smiles']")
         if smiles not in self._templates:
             mol = self._chem.AddHs(self._chem.MolFromSmiles(smiles))
-            AllChem.EmbedMolecule(mol, randomSeed=0)
-            if mol.GetNumConformers() == 0:
-                AllChem.EmbedMolecule(mol, randomSeed=0, useRandomCoords=True)
+            mol.AddConformer(self._chem.Conformer(mol.GetNumAtoms()), assignId=True)  # positions set below
             props = AllChem.MMFFGetMoleculeProperties(mol) if self.name == "mmff" else None
             if self.name == "mmff" and props is None:
                 raise ValueError(f"MMFF94 has no parameters for {smiles}")

@@ -16,9 +16,11 @@ A CPU-sized SCN on ``e3nn``'s real spherical harmonics and Wigner matrices (SCN 
   (Gauss–Legendre in cos θ × ``grid_phi`` uniform φ about the edge), SiLU is applied pointwise, and quadrature
   projects the result back onto the kept coefficients.
 * **Node update**: the summed message, a per-``l`` channel mix, and an MLP on the invariant ``l = 0`` channels.
-* **Readout**: the energy from the ``l = 0`` channels (sphere integration of the embedding), and **direct forces**
-  (non-conservative, paper §3.4) as sphere integrals ``∫ f(u) u du`` of a per-channel linear field, i.e. a
-  channel mix of the ``l = 1`` coefficients.
+* **Readout** (``readout="grid"``, SCN's, paper §3.4): the final embedding on a global sphere grid, a pointwise MLP
+  giving an energy density and a force magnitude per direction, integrated by quadrature: ``ε = ∫ e(u) du`` and
+  **direct forces** (non-conservative) ``F = ∫ f(u) u du`` (:class:`SphereReadout`). ``readout="linear"`` takes the
+  linear special case instead: the energy from an MLP of the ``l = 0`` channels and ``F`` from a channel mix of the
+  ``l = 1`` coefficients (``∫ f(u) u du`` for ``f`` linear in the embedding), which is exactly equivariant.
 
 **Equivariance** (digest: "relaxing equivariance trades equivariance error for accuracy"). ``message`` picks the
 edge-frame linear maps:
@@ -29,8 +31,9 @@ edge-frame linear maps:
   ``m_max = 0`` stays exact);
 * ``"so2"``: the same maps constrained to commute with rolls (per order ``m``, the ``(−m, +m)`` pair mixed as one
   complex number: Passaro & Zitnick's later eSCN form). Then every linear part is exactly equivariant at any
-  ``m_max`` (truncating ``|m|`` is itself roll-invariant) and the one residual error is the φ-grid's aliasing
-  of the pointwise SiLU, which shrinks as ``grid_phi`` grows.
+  ``m_max`` (truncating ``|m|`` is itself roll-invariant) and the residual errors are the grids' aliasing of
+  the pointwise non-linearities (the edge grid's SiLU, which shrinks as ``grid_phi`` grows, and the grid
+  readout's MLP; ``readout="linear"`` removes the latter).
 
 :func:`rl_energy.atoms.models.equivariance_error` measures both (``scripts/reproduce_scn.py`` prints the table).
 """
@@ -49,6 +52,7 @@ from rl_energy.atoms.models import N_ELEMENTS, AtomisticModel, RadialBasis
 from rl_energy.errors import ConfigError, import_optional
 
 MESSAGES = ("scn", "so2")
+READOUTS = ("grid", "linear")
 
 
 def kept_orders(l_max: int, m_max: int) -> list[tuple[int, int]]:
@@ -135,6 +139,38 @@ class SphereGrid(nn.Module):
         return torch.einsum("kg,egc->ekc", from_grid, F.silu(torch.einsum("gk,ekc->egc", to_grid, x)))
 
 
+class SphereReadout(nn.Module):
+    """SCN's readout (paper §3.4): the embedding is evaluated on a global sphere grid (``2(l_max+1)`` Gauss–Legendre
+    nodes in cos θ × ``4(l_max+1)`` φ), a pointwise MLP over the channels gives an energy density ``e(u)`` and a
+    force magnitude ``f(u)``, and quadrature integrates them: ``ε = ∫ e(u) du``, ``F = ∫ f(u) u du``. Rotation
+    equivariant up to the grid's quadrature error on the non-linear MLP."""
+
+    def __init__(self, l_max: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        o3 = import_optional("e3nn.o3", "mini-SCN")
+        n_theta, n_phi = 2 * (l_max + 1), 4 * (l_max + 1)
+        cos_t, w_t = np.polynomial.legendre.leggauss(n_theta)
+        phi = np.arange(n_phi) * 2 * np.pi / n_phi
+        ct, ph = np.meshgrid(cos_t, phi, indexing="ij")
+        st = np.sqrt(1 - ct**2)
+        u = torch.tensor(np.stack([st * np.sin(ph), ct, st * np.cos(ph)], -1).reshape(-1, 3))
+        w = torch.tensor((w_t[:, None] * np.full(n_phi, 2 * np.pi / n_phi)[None, :]).reshape(-1))
+        sh = o3.spherical_harmonics(list(range(l_max + 1)), u, normalize=True, normalization="integral")
+        self.register_buffer("to_grid", sh.float())
+        self.register_buffer("weights", (w / (4 * np.pi)).float())
+        self.register_buffer("points", u.float())
+        self.energy = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.force = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom ``(ε [N], F [N, 3])`` of the embedding ``x`` ``[N, K, C]``."""
+        grid = torch.einsum("gk,nkc->ngc", self.to_grid.to(x.dtype), x)
+        w = self.weights.to(x.dtype)
+        energy = (self.energy(grid).squeeze(-1) * w).sum(-1)
+        forces = torch.einsum("ng,g,gd->nd", self.force(grid).squeeze(-1), w, self.points.to(x.dtype))
+        return energy, forces
+
+
 class MiniSCN(AtomisticModel):
     """mini-SCN (module docstring); ``m_max ≤ l_max``, direct forces."""
 
@@ -142,10 +178,12 @@ class MiniSCN(AtomisticModel):
 
     def __init__(self, channels: int = 16, l_max: int = 2, m_max: int = 1, n_layers: int = 3, hidden: int = 32,
                  n_rbf: int = 16, cutoff: float = 5.0, message: str = "scn", grid_phi: int = 16,
-                 grid_theta: int | None = None, avg_neighbors: float = 10.0) -> None:
+                 grid_theta: int | None = None, avg_neighbors: float = 10.0, readout: str = "grid") -> None:
         super().__init__(cutoff)
         if message not in MESSAGES:
             raise ConfigError(f"mini-SCN message must be one of {', '.join(MESSAGES)}, got {message!r}")
+        if readout not in READOUTS:
+            raise ConfigError(f"mini-SCN readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         if not (isinstance(l_max, int) and l_max >= 1):
             raise ConfigError(f"mini-SCN l_max must be an integer >= 1, got {l_max!r}")
         if not (isinstance(m_max, int) and 0 <= m_max <= l_max):
@@ -166,6 +204,7 @@ class MiniSCN(AtomisticModel):
         self.mix = nn.ParameterList(nn.Parameter(torch.eye(channels).repeat(l_max + 1, 1, 1)) for _ in range(n_layers))
         self.scalar = nn.ModuleList(nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
                                     for _ in range(n_layers))
+        self.readout = SphereReadout(l_max, channels, hidden) if readout == "grid" else None
         self.energy_head = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.force_head = nn.Linear(channels, 1, bias=False)
 
@@ -201,6 +240,8 @@ class MiniSCN(AtomisticModel):
             agg = x.new_zeros(n, k, c).index_add(0, edges.dst, msg) / math.sqrt(self.avg_neighbors)
             x = x + torch.einsum("nkc,kcd->nkd", agg, mix[degree])
             x = torch.cat([x[:, :1] + scalar(x[:, 0]).unsqueeze(1), x[:, 1:]], dim=1)
+        if self.readout is not None:
+            return self.readout(x)
         energy = self.energy_head(x[:, 0]).squeeze(-1)
         forces = self.force_head(x[:, 1:4]).squeeze(-1)  # e3nn's l = 1 order is (x, y, z)
         return energy, forces
