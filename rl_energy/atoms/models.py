@@ -131,7 +131,8 @@ class SchNet(AtomisticModel):
                                  for _ in range(n_layers))
         self.head = nn.Sequential(nn.Linear(width, width // 2), nn.Softplus(), nn.Linear(width // 2, 1))
 
-    def atom_outputs(self, s: Structures, edges: Edges, vec: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def representation(self, s: Structures, edges: Edges, vec: torch.Tensor) -> torch.Tensor:
+        """Per-atom features ``[N, width]`` after the interaction blocks (the input of the energy head)."""
         d = vec.norm(dim=-1)
         rbf = self.rbf(d)
         env = self.rbf.envelope(d).unsqueeze(-1)
@@ -139,7 +140,10 @@ class SchNet(AtomisticModel):
         for filt, into, out in zip(self.filters, self.into, self.out, strict=True):
             msg = into(x)[edges.src] * filt(rbf) * env
             x = x + out(torch.zeros_like(x).index_add(0, edges.dst, msg))
-        return self.head(x).squeeze(-1), None
+        return x
+
+    def atom_outputs(self, s: Structures, edges: Edges, vec: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.head(self.representation(s, edges, vec)).squeeze(-1), None
 
 
 class E3NN(AtomisticModel):
