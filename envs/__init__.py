@@ -44,6 +44,8 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/SentimentPreference-v0": {"entry_point": "rl_energy.envs.sentiment_preference:SentimentPreferenceEnv"},
     # atomistic papers (rl_energy/atoms/; the `atoms` extra)
     "rl_energy/S2EF-v0": {"entry_point": "rl_energy.envs.tasks.s2ef:S2EFTask"},
+    "rl_energy/ConformerRelax-v0": {"entry_point": "rl_energy.envs.conformer_relax:ConformerRelaxEnv",
+                                    "max_episode_steps": 100},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""
 
