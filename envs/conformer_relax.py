@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from rl_energy.envs.tasks.base import is_int, is_number
-from rl_energy.errors import ConfigError
+from rl_energy.errors import ConfigError, require_extra
 
 PERTURBATIONS = ("rattle", "md", "none")
 
@@ -82,6 +82,7 @@ class ConformerRelaxEnv(gym.Env):
                  min_heavy: int = 8, max_heavy: int = 11, max_atoms: int = 40, perturbation: str = "rattle",
                  rattle_std: float = 0.04, md_temperature: float = 600.0, md_steps: int = 40,
                  min_distance: float = 0.7, max_displacement: float = 1.0, surrogate: str = "mmff") -> None:
+        require_extra("atoms", "rl_energy/ConformerRelax-v0")
         if smiles is not None and (isinstance(smiles, str) or not len(smiles)
                                    or not all(isinstance(s, str) and s for s in smiles)):
             raise _bad("smiles", "a non-empty list of SMILES strings", smiles)

@@ -2,13 +2,17 @@
 
 * :class:`ConfigError`: a bad configuration value, name or file (the CLI prints it on one line and
   exits with status 2); :func:`require` raises it naming ``section.key``.
-* :class:`MissingExtraError` / :func:`import_optional`: an optional package that is not installed; the
-  message names the package and the extra that installs it, and only the command that needs it fails.
+* :class:`MissingExtraError` / :func:`import_optional` / :func:`require_extra`: an optional package that is not
+  installed; the message names the package and the extra that installs it, and only the command that needs it
+  fails. :func:`run_script` gives the scripts under ``scripts/`` the CLI's one-line report of it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -67,6 +71,31 @@ def import_optional(module: str, purpose: str = "") -> ModuleType:
         if missing.split(".")[0] != module.split(".")[0]:
             raise  # the package is there but broken: show the real error
         raise MissingExtraError(missing_extra_message(module, purpose)) from None
+
+
+def require_extra(extra: str, purpose: str = "") -> None:
+    """:class:`MissingExtraError` naming the first package of ``extra`` (in :data:`OPTIONAL_PACKAGES`) that is not
+    installed; nothing is imported (``find_spec``), so the check is free where everything is there."""
+    modules = [module for module, (_, name) in OPTIONAL_PACKAGES.items() if name == extra]
+    if not modules:
+        raise ValueError(f"unknown extra {extra!r}")
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a meta-path finder that refuses the name
+            found = False
+        if not found:
+            raise MissingExtraError(missing_extra_message(module, purpose))
+
+
+def run_script(main: Callable[[], int]) -> int:
+    """``main()``; a missing optional package is reported in one line on stderr (``error: ...``, exit status 2),
+    as the CLI reports it."""
+    try:
+        return main()
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def require(obj: Any, key: str, ok: bool, requirement: str, section: str = "agent") -> None:

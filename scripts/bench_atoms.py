@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from rl_energy.errors import require_extra, run_script
+
 
 def _rate(fn, items) -> float:
     start = time.perf_counter()
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    require_extra("atoms", "scripts/bench_atoms.py")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -92,4 +95,4 @@ def _timed(fn) -> float:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

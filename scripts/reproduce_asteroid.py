@@ -33,6 +33,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from rl_energy.errors import require_extra, run_script
+
 PAPER = "(iii) ≤ (ii) < (i) and (iv) < (i): lower error at lower data cost (abstract; no table values read)"
 
 
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="ethanol only, 1 seed, short runs (smoke test)")
     args = p.parse_args(argv)
+    require_extra("atoms", "scripts/reproduce_asteroid.py")
     if args.quick:
         args.seeds, args.molecules, args.budgets = 1, ["ethanol"], [10, 25]
         args.n_cheap, args.n_test = 300, 40
@@ -167,4 +170,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

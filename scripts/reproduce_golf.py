@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import pickle
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -48,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rl_energy.errors import require_extra, run_script
 
 PAPER = {  # digest §16 "Compare": the GOLF README table on the ∇²DFT test set (pct̄ ± std, pct_div, Ē^res, success)
     "RDKit MMFF": (84.92, 10.6, 0.05, 5.5, 4.1),
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="test on held-out molecules (the paper's split; see the module docstring)")
     parser.add_argument("--budgets", type=int, nargs="*", help="genuine-oracle budgets N (default 500 2000)")
     args = parser.parse_args(argv)
+    require_extra("atoms", "scripts/reproduce_golf.py")
     torch.set_num_threads(1)
     b = QUICK if args.quick else Budget()
     b.heldout = args.heldout
@@ -390,4 +392,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_script(main))

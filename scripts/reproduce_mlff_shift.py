@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_energy.errors import require_extra, run_script
+
 ARMS = ("baseline", "RR", "RR-q", "TTT", "RR+TTT")
 TEST_SPLITS = ("id", "shift_size", "shift_elem")
 TRAIN_RADIUS = 5.0
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--ttt-steps", type=int, default=None, help="TTT SGD steps per test molecule")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved results .json")
     args = parser.parse_args()
+    require_extra("atoms", "scripts/reproduce_mlff_shift.py")
     torch.set_num_threads(1)
     cfg = config(args.quick)
     if args.qm_molecules is not None:
@@ -222,4 +225,4 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], start: float) -> 
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -28,6 +28,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from rl_energy.errors import require_extra, run_script
+
 ENV_ID = "rl_energy/S2EF-v0"
 CUTOFF = 4.5
 ARMS: dict[str, list[str]] = {
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 seed, 300 updates, 3 arms")
     args = parser.parse_args(argv)
+    require_extra("atoms", "scripts/reproduce_scn.py")
     if args.quick:
         args.seeds, args.updates, args.arms = 1, 300, ["schnet", "scn_l2_m1", "scn_l2_m1_so2"]
     for key in ("seeds", "updates", "n_train", "workers"):
@@ -186,4 +189,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,6 +73,31 @@ def test_a_missing_extra_breaks_only_what_needs_it(tmp_path):
     for line in lines:
         assert "'numba'" in line and "pip install 'rl-energy[bubble]'" in line, line
     assert "bubble_linear" in out and "rl-energy[bubble]" in out.split("bubble_linear", 1)[1].splitlines()[0]
+
+
+def test_without_the_atoms_extra_its_commands_fail_in_one_line_naming_it():
+    proc = _run("""
+        import runpy, sys
+        for name in ("ase", "rdkit", "tblite", "e3nn"):
+            sys.modules[name] = None  # as if the chemistry packages were not installed
+        from rl_energy.cli import main
+        print("S2EF", main(["train", "--agent", "mlff", "--env", "rl_energy/S2EF-v0"]))
+        print("RELAX", main(["train", "--agent", "mlff", "--env", "rl_energy/ConformerRelax-v0"]))
+        print("LIST", main(["list"]))
+        for script in ("reproduce_scn", "reproduce_asteroid", "reproduce_mlff_shift", "reproduce_golf", "bench_atoms"):
+            sys.argv = [script, "--quick"]
+            try:
+                runpy.run_path(rf"SCRIPTS/{script}.py", run_name="__main__")
+            except SystemExit as exc:
+                print(script.upper(), exc.code)
+    """.replace("SCRIPTS", str(Path(__file__).resolve().parents[1] / "scripts")))
+    out, err = proc.stdout, proc.stderr
+    for tag in ("S2EF 2", "RELAX 2", "LIST 0", "REPRODUCE_SCN 2", "REPRODUCE_ASTEROID 2", "REPRODUCE_MLFF_SHIFT 2",
+                "REPRODUCE_GOLF 2", "BENCH_ATOMS 2"):
+        assert tag in out, (tag, out, err)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 7 and "Traceback" not in err, err
+    assert all("pip install 'rl-energy[atoms]'" in line for line in lines), lines
 
 
 def test_the_loop_table_picks_each_mode_once():

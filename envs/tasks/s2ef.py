@@ -32,7 +32,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_energy.envs.tasks.base import OneStepTask, Split, is_int, is_number
-from rl_energy.errors import ConfigError
+from rl_energy.errors import ConfigError, require_extra
 
 DEFAULT_MAX_ATOMS = {"mini_oc20": 16, "molecules": 40}
 LABELLER_NAMES = ("emt", "mmff", "uff", "xtb")
@@ -61,6 +61,7 @@ class S2EFTask(OneStepTask):
     def __init__(self, dataset: str = "mini_oc20", n_train: int = 2000, n_test: int = 500, data_seed: int = 0,
                  labeller: str | None = None, max_atoms: int | None = None, energy_weight: float = 1.0,
                  force_weight: float = 1.0, cache: bool = True) -> None:
+        require_extra("atoms", "rl_energy/S2EF-v0")
         def bad(key: str, requirement: str, value: Any) -> ConfigError:
             return ConfigError(f"config key 'env_kwargs.{key}' must be {requirement}, got {value!r}")
 
