@@ -4,7 +4,8 @@
   exits with status 2); :func:`require` raises it naming ``section.key``.
 * :class:`MissingExtraError` / :func:`import_optional` / :func:`require_extra`: an optional package that is not
   installed; the message names the package and the extra that installs it, and only the command that needs it
-  fails. :func:`run_script` gives the scripts under ``scripts/`` the CLI's one-line report of it.
+  fails. :func:`run_script` gives the scripts under ``scripts/`` the CLI's one-line report of it (and of any
+  :class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -89,11 +90,11 @@ def require_extra(extra: str, purpose: str = "") -> None:
 
 
 def run_script(main: Callable[[], int]) -> int:
-    """``main()``; a missing optional package is reported in one line on stderr (``error: ...``, exit status 2),
-    as the CLI reports it."""
+    """``main()``; a user error (a :class:`ConfigError`, such as a missing optional package) is reported in one
+    line on stderr (``error: ...``, exit status 2), as the CLI reports it."""
     try:
         return main()
-    except MissingExtraError as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

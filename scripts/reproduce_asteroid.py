@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         args.pretrain_steps = args.score_steps = args.finetune_steps = 40
     if args.seeds < 1 or not all(1 <= b <= 100 for b in args.budgets):
         p.error("--seeds must be >= 1 and every budget in [1, 100] (the accurate pool holds 100 frames)")
+    for flag in ("workers", "n_cheap", "n_test"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     from rl_energy.atoms.labellers import KCAL_PER_MOL
 
     config = {"pretrain_steps": args.pretrain_steps, "score_steps": args.score_steps,

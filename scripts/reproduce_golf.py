@@ -26,7 +26,8 @@
   policy (no surrogate at test time); E₀, E_T by xTB; E_opt = the xTB minimum reached by ASE BFGS from the same
   start (fmax 0.02 eV/Å, cached in ``$RL_ENERGY_CACHE/golf_minima.sqlite``).
 
-Budget: N ∈ {500, 2000} genuine calls (the digest's values), 1 seed by default; ``--quick``: a smoke run.
+Budget: N ∈ {500, 2000} genuine calls (the digest's values), 3 seeds by default (≈ 13 min on 2 cores with a
+warm label cache, ≈ 16 min cold); ``--quick``: a smoke run (1 seed).
 Run: ``python scripts/reproduce_golf.py [--quick] [--seeds K] [--workers 2]``.
 """
 
@@ -323,7 +324,7 @@ def _fmt(vals: list[float], digits: int = 1) -> str:
 def report(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str, float]]:
     print("\nGFN2-xTB-scored optimisation of the test conformers (ours; mean over seeds, ± = std over seeds; "
           "pct_std = spread over molecules)")
-    print(f"{'arm':<11}{'xTB calls':>10}{'pct':>12}{'pct_std':>9}{'pct_div':>9}{'E_res':>10}{'success%':>10}"
+    print(f"{'arm':<11}{'xTB calls':>10}{'pct':>12}{'pct_std':>11}{'pct_div':>12}{'E_res':>12}{'success%':>10}"
           f"{'  |  paper row':<16}{'pct':>14}{'div':>6}{'E_res':>7}{'succ%':>7}")
     summary = {}
     for arm in arms:
@@ -333,8 +334,8 @@ def report(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str, f
         summary[arm] = {k: float(np.mean([r[k] for r in rs])) for k in ("pct", "pct_div", "e_res", "pct_success")}
         p = PAPER[paper_row(arm)]
         print(f"{arm:<11}{rs[0]['oracle_calls']:>10}{_fmt([r['pct'] for r in rs]):>12}"
-              f"{_fmt([r['pct_std'] for r in rs]):>9}{_fmt([r['pct_div'] for r in rs]):>9}"
-              f"{_fmt([r['e_res'] for r in rs], 2):>10}{_fmt([r['pct_success'] for r in rs]):>10}"
+              f"{_fmt([r['pct_std'] for r in rs]):>11}{_fmt([r['pct_div'] for r in rs]):>12}"
+              f"{_fmt([r['e_res'] for r in rs], 2):>12}{_fmt([r['pct_success'] for r in rs]):>10}"
               f"  |  {paper_row(arm):<11}{f'{p[0]}±{p[1]}':>14}{p[2]:>6}{p[3]:>7}{p[4]:>7}")
     return summary
 
@@ -342,15 +343,23 @@ def report(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (tiny pools and budgets)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds of every NNP arm")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds of every NNP arm (default 3; 1 with --quick)")
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
     parser.add_argument("--heldout", action="store_true",
                         help="test on held-out molecules (the paper's split; see the module docstring)")
     parser.add_argument("--budgets", type=int, nargs="*", help="genuine-oracle budgets N (default 500 2000)")
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.budgets and min(args.budgets) < 1:
+        parser.error(f"--budgets must be genuine-oracle call counts >= 1, got {args.budgets}")
     require_extra("atoms", "scripts/reproduce_golf.py")
     torch.set_num_threads(1)
     b = QUICK if args.quick else Budget()
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
     b.heldout = args.heldout
     if args.budgets:
         b.budgets = tuple(args.budgets)

@@ -171,6 +171,8 @@ def main() -> None:
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 3)))
     if not seeds:
         parser.error("--seeds must be >= 1")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.report is not None:
         saved = json.loads(args.report.read_text())
         report(saved["results"], saved["config"], time.time())
