@@ -14,7 +14,7 @@ in float64 on 64 test structures, one random rotation each seed.
 
     python scripts/reproduce_scn.py            # 2 seeds x 4 arms, 1,000 updates (≈ 30 min on 2 idle cores)
     python scripts/reproduce_scn.py --quick    # 1 seed, 300 updates, 3 arms (≈ 5 min)
-    python scripts/reproduce_scn.py --arms scn_l4_m1 scn_l2_m1_so2_c16   # the optional arms of docs/reproductions.md
+    python scripts/reproduce_scn.py --arms scn_l4_m1 scn_l2_m1_so2_c16 schnet_w140  # docs/reproductions.md's extra arms
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ ENV_ID = "rl_energy/S2EF-v0"
 CUTOFF = 4.5
 ARMS: dict[str, list[str]] = {
     "schnet": ["agent.model=schnet", "agent.width=128"],
+    "schnet_w140": ["agent.model=schnet", "agent.width=140"],  # the SO(2) l_max-2 arm's parameter count
     "e3nn": ["agent.model=e3nn", "agent.channels=24", "agent.l_max=2"],
     "scn_l2_m1": ["agent.model=scn", "agent.l_max=2", "agent.m_max=1", "agent.channels=16", "agent.hidden=32"],
     "scn_l4_m1": ["agent.model=scn", "agent.l_max=4", "agent.m_max=1", "agent.channels=16", "agent.hidden=32"],
@@ -48,7 +49,8 @@ ARMS: dict[str, list[str]] = {
                       "agent.message=so2"],
 }
 DEFAULT_ARMS = ["schnet", "scn_l2_m1", "scn_l2_m1_so2", "scn_l4_m1_so2"]
-LABELS = {"schnet": "SchNet (invariant)", "e3nn": "e3nn NequIP-style (l=2)", "scn_l2_m0": "mini-SCN l=2 m=0",
+LABELS = {"schnet": "SchNet (invariant)", "schnet_w140": "SchNet (invariant, width 140)",
+          "e3nn": "e3nn NequIP-style (l=2)", "scn_l2_m0": "mini-SCN l=2 m=0",
           "scn_l2_m1": "mini-SCN l=2 m=1", "scn_l4_m1": "mini-SCN l=4 m=1", "scn_l2_m1_so2": "mini-SCN l=2 m=1 (SO(2))",
           "scn_l4_m1_so2": "mini-SCN l=4 m=1 (SO(2))", "scn_l2_m1_so2_c16": "mini-SCN l=2 m=1 (SO(2), C=16)"}
 PAPER = ("SCN: OC20 S2EF force MAE 17.2 meV/Å (val avg, 8 Å, l_max 6, ~100M+ params) [read-3p]; qualitative: "
