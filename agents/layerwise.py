@@ -61,7 +61,7 @@ from torch import nn
 from rl_energy.agent import Agent, assert_finite
 from rl_energy.errors import require
 from rl_energy.nets import mlp
-from rl_energy.optim import adam
+from rl_energy.optim import adam, cosine_factor
 
 MODES = ("layerwise", "end_to_end")
 INNER_ACTIVATIONS = ("hermite", "hermite_sum", "relu", "tanh")
@@ -222,7 +222,7 @@ class LayerwiseNet(Agent):
         self._train_split = data
 
     def _lr(self, step: int, total: int, base: float) -> float:
-        return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return base * cosine_factor(step, total)
 
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c = self.config

@@ -35,7 +35,7 @@ from rl_energy.atoms.graph import Structures, max_atoms_of, unpack
 from rl_energy.atoms.models import MODELS, AtomisticModel, build_model, n_parameters
 from rl_energy.atoms.scn import MESSAGES, READOUTS
 from rl_energy.errors import require
-from rl_energy.optim import adam
+from rl_energy.optim import adam, cosine_factor
 
 LOSSES = ("mse", "mae", "l2mae")
 CHUNK = 256
@@ -198,8 +198,7 @@ class MLFF(Agent):
         c = self.config
         if not c.lr_decay_updates:
             return c.lr
-        t = min(self.num_updates / c.lr_decay_updates, 1.0)
-        return c.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+        return c.lr * cosine_factor(self.num_updates, c.lr_decay_updates, floor=0.01)
 
     def step(self, loss: torch.Tensor) -> float:
         """One clipped Adam step on ``loss`` at the scheduled step size; returns it."""

@@ -49,7 +49,7 @@ from torch import nn
 
 from rl_energy.errors import ConfigError
 from rl_energy.nets import mlp
-from rl_energy.optim import adam
+from rl_energy.optim import adam, cosine_factor
 from rl_energy.samplers import (
     SamplerError,
     SampleResult,
@@ -369,7 +369,7 @@ class EnergyNet(nn.Module):
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
     """Cosine decay from ``lr`` to ``lr / 20``."""
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    return lr * cosine_factor(step, steps, floor=0.05)
 
 
 def _stable_target(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, data: torch.Tensor, reference_size: int,

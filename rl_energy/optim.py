@@ -229,6 +229,13 @@ def adam(params: Iterable[Any], lr: float, flat: bool = False) -> FusedAdam:
     return FusedAdam(params, lr, flat=flat)
 
 
+def cosine_factor(step: float, total: float, floor: float = 0.0) -> float:
+    """The cosine learning-rate factor at ``step`` of ``total``: from 1 down to ``floor`` (held there after
+    ``total``), ``floor + (1 − floor)·½(1 + cos(π·min(step/total, 1)))``."""
+    t = min(step / total, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 # ================================================================================================
 # Target-based surrogates (SSO)
 # ================================================================================================

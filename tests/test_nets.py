@@ -186,3 +186,12 @@ def test_flat_fused_adam_steps_a_parameter_without_gradient_with_a_zero_gradient
     assert torch.equal(net.bias.grad, torch.zeros(2))
     assert not torch.equal(net.bias, bias_before)  # the first step's momentum keeps moving it
     assert all(float(s["step"]) == 3.0 for s in opt.state_dict()["state"].values())
+
+
+def test_cosine_factor_runs_from_one_to_its_floor_and_holds():
+    from rl_energy.optim import cosine_factor
+
+    assert cosine_factor(0, 100) == 1.0 and cosine_factor(50, 100) == pytest.approx(0.5)
+    assert cosine_factor(100, 100, floor=0.05) == pytest.approx(0.05)
+    assert cosine_factor(250, 100, floor=0.05) == pytest.approx(0.05)  # held after the schedule
+    assert cosine_factor(50, 100, floor=0.2) == pytest.approx(0.6)

@@ -85,6 +85,7 @@ from rl_energy.atoms.data import Frames, nci_smiles
 from rl_energy.atoms.graph import Edges, Structures, edge_vectors, radius_graph, unpack
 from rl_energy.atoms.models import AtomisticModel, SchNet
 from rl_energy.errors import ConfigError
+from rl_energy.optim import cosine_factor
 
 CHNO = ("C", "H", "N", "O")
 SHIFT_ELEMENTS = ("S", "F", "Cl")
@@ -405,7 +406,7 @@ def _fit(model: TwoHeadSchNet, terms: dict[str, Frames], params: list[nn.Paramet
     n = s.n_graphs
     opt = torch.optim.Adam(params, lr=lr)
     steps = epochs * math.ceil(n / batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_factor(k, steps))
     model.train()
     history = []
     for _ in range(epochs):
