@@ -230,6 +230,26 @@ class EnsembleMLP(nn.Module):
         return x
 
 
+class DeepSets(nn.Module):
+    """A permutation-invariant network of a padded, masked set (Zaheer et al., NeurIPS 2017): each element through
+    ``φ`` (an MLP), the masked mean and max over the set, concatenated, through ``ρ`` (an MLP). ``x [B, N, d]``,
+    ``mask [B, N]`` (true for real elements; every set needs one) -> ``[B, out_dim]``."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: Activation = nn.ReLU) -> None:
+        super().__init__()
+        width = hidden[-1] if hidden else in_dim
+        self.phi = mlp(in_dim, list(hidden[:-1]), width, activation, output_activation=activation) if hidden \
+            else nn.Identity()
+        self.rho = mlp(2 * width, list(hidden), out_dim, activation)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.phi(x)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        top = h.masked_fill(m == 0, float("-inf")).amax(1)
+        return self.rho(torch.cat([mean, top], dim=-1))
+
+
 def _params_of(x: nn.Module | Sequence[nn.Module | torch.Tensor]) -> list[torch.Tensor]:
     items = [x] if isinstance(x, nn.Module) else x
     return [p for m in items for p in (m.parameters() if isinstance(m, nn.Module) else [m])]

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from rl_energy.nets import EnsembleMLP, mlp, resolve_matmul_precision, set_matmul_precision
+from rl_energy.nets import DeepSets, EnsembleMLP, mlp, resolve_matmul_precision, set_matmul_precision
 from rl_energy.optim import FusedAdam
 
 
@@ -195,3 +195,18 @@ def test_cosine_factor_runs_from_one_to_its_floor_and_holds():
     assert cosine_factor(100, 100, floor=0.05) == pytest.approx(0.05)
     assert cosine_factor(250, 100, floor=0.05) == pytest.approx(0.05)  # held after the schedule
     assert cosine_factor(50, 100, floor=0.2) == pytest.approx(0.6)
+
+
+def test_deepsets_is_permutation_invariant_and_blind_to_padding():
+    torch.manual_seed(0)
+    net = DeepSets(5, [16, 16], 3)
+    x, mask = torch.randn(4, 9, 5), torch.rand(4, 9) > 0.4
+    mask[:, 0] = True
+    y = net(x, mask)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(net(x[:, perm], mask[:, perm]), y)
+    garbage = torch.where(mask.unsqueeze(-1), x, 1e3 * torch.randn_like(x))  # padded rows change, real ones do not
+    torch.testing.assert_close(net(garbage, mask), y)
+    wider = torch.cat([x, torch.randn(4, 3, 5)], 1), torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], 1)
+    torch.testing.assert_close(net(*wider), y)
+    assert not torch.allclose(net(x, torch.ones_like(mask)), y)  # the mask matters

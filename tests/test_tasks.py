@@ -29,7 +29,8 @@ SMALL = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 512, "n_test": 256},
          "rl_energy/DistributionalRDD-v0": {"n_units": 100, "n_test": 50, "samples_per_unit": 10},
          "rl_energy/TargetShiftRegression-v0": {"n_source": 256, "n_target": 256, "n_test": 128},
          "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128},
-         "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16}}
+         "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16},
+         "rl_energy/RadioShower-v0": {"n_train": 64, "n_test": 32}}
 
 
 def test_the_shipped_tasks_are_listed_from_their_classes():
