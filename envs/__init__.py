@@ -46,7 +46,8 @@ ENV_SPECS: dict[str, dict] = {
     "rl_energy/S2EF-v0": {"entry_point": "rl_energy.envs.tasks.s2ef:S2EFTask"},
     "rl_energy/ConformerRelax-v0": {"entry_point": "rl_energy.envs.conformer_relax:ConformerRelaxEnv",
                                     "max_episode_steps": 100},
-    # exact energies over large structured action spaces: radio shower reconstruction (§17)
+    # exact energies over large structured action spaces: FFT docking (§4), radio shower reconstruction (§17)
+    "rl_energy/Docking-v0": {"entry_point": "rl_energy.envs.tasks.docking:DockingTask"},
     "rl_energy/RadioShower-v0": {"entry_point": "rl_energy.envs.tasks.radio_shower:RadioShowerTask"},
 }
 """``id -> gymnasium.register keyword arguments`` for every env family module."""

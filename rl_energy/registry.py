@@ -43,6 +43,7 @@ AGENTS: dict[str, str] = {
     "tdpo": "rl_energy.agents.radpo:TDPO",
     "radpo": "rl_energy.agents.radpo:RaDPO",
     "mlff": "rl_energy.agents.mlff:MLFF",
+    "esf": "rl_energy.agents.esf:ESF",
 }
 """``name -> "module:Class"``; the class sets ``Config`` (its config dataclass)."""
 

@@ -15,7 +15,7 @@ from rl_energy.registry import AGENTS, get_agent
 from rl_energy.trainer import build_agent, collection_mode
 
 SMALL = {"sac": ["agent.hidden=[16,16]"], "ddpg": ["agent.hidden=[16,16]"], "pfpe": ["agent.hidden=[16,16]"],
-         "ebflow": ["agent.flow_hidden=[8,8]", "agent.shift_hidden=[16,16]"]}
+         "ebflow": ["agent.flow_hidden=[8,8]", "agent.shift_hidden=[16,16]"], "esf": ["agent.n_rotations=48"]}
 ENV_KWARGS = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 256, "n_test": 128},
               "rl_energy/ImbalancedRegression-v0": {"n_train": 512, "n_test": 256},
               "rl_energy/HyperGrid-v0": {"ndim": 2, "height": 4},
@@ -24,12 +24,13 @@ ENV_KWARGS = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 256, "n_test": 128},
               "rl_energy/MatrixInverse-v0": {"n_train": 64, "n_test": 16},
               "rl_energy/Classification-v0": {"dataset": "wine"},
               "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128},
-              "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16}}
+              "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16},
+              "rl_energy/Docking-v0": {"n_train": 16, "n_test": 8}}
 
 
 CONTEXT_TASK = {"cisir": "rl_energy/ImbalancedRegression-v0", "ebm": "rl_energy/EnergyMixture-v0",
                 "egeot": "rl_energy/EntropicOT-v0", "ired": "rl_energy/MatrixInverse-v0",
-                "supervised": "rl_energy/Classification-v0", "mlff": "rl_energy/S2EF-v0",
+                "supervised": "rl_energy/Classification-v0", "mlff": "rl_energy/S2EF-v0", "esf": "rl_energy/Docking-v0",
                 **dict.fromkeys(("sointer", "l2x", "mask_reinforce"), "rl_energy/StructuredInterpretation-v0")}
 """``contexts`` agents built for a task other than HierPoly."""
 

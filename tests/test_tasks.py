@@ -30,6 +30,7 @@ SMALL = {"rl_energy/HierPoly-v0": {"d": 4, "n_train": 512, "n_test": 256},
          "rl_energy/TargetShiftRegression-v0": {"n_source": 256, "n_target": 256, "n_test": 128},
          "rl_energy/StructuredInterpretation-v0": {"n_train": 256, "n_test": 128},
          "rl_energy/S2EF-v0": {"n_train": 32, "n_test": 16},
+         "rl_energy/Docking-v0": {"n_train": 16, "n_test": 8},
          "rl_energy/RadioShower-v0": {"n_train": 64, "n_test": 32}}
 
 

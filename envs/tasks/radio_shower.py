@@ -35,6 +35,8 @@ N_FEATURES = 6
 LOW = np.array([math.radians(50.0), -math.pi, 16.0, -20.0, -20.0, 3.0, 0.1], dtype=np.float32)
 HIGH = np.array([math.radians(89.5), math.pi, 20.0, 20.0, 20.0, 6.5, 5.0], dtype=np.float32)
 """Bounds of the action ``(θ, φ, log10 E_em, core_x km, core_y km, log10 r, δω)``."""
+MAX_EVENTS = 200_000
+"""Largest split (the generator makes about 600 events per second)."""
 
 
 def encode(showers: radio.Showers) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +89,9 @@ class RadioShowerTask(OneStepTask):
 
     def __init__(self, n_train: int = 4000, n_test: int = 1000, noise: bool = True, seed: int = 0) -> None:
         for name, value in (("n_train", n_train), ("n_test", n_test)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"RadioShowerTask kwarg '{name}' must be an integer >= 1, got {value!r}")
+            if not is_int(value) or not 1 <= value <= MAX_EVENTS:
+                raise ValueError(f"RadioShowerTask kwarg '{name}' must be an integer in [1, {MAX_EVENTS}], "
+                                 f"got {value!r}")
         if not isinstance(noise, bool):
             raise ValueError(f"RadioShowerTask kwarg 'noise' must be true or false, got {noise!r}")
         if not is_int(seed) or seed < 0:
