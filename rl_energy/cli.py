@@ -1,4 +1,4 @@
-"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze.
+"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze, sweep.
 
 User errors (unknown names, bad config values, missing run directories) print one line to stderr
 and exit with status 2, never a traceback.
@@ -7,7 +7,10 @@ and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +56,21 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 
     sub.add_parser("list", help="list agents, rl-energy environments and shipped configs")
+
+    sw = sub.add_parser("sweep", help="run a sweep spec (agents x envs x seeds x settings), each trial a resumable "
+                        "`rl-energy train` run; re-running it skips finished trials and resumes the rest",
+                        description="Run every trial of SPEC (a YAML file; see rl_energy/sweep.py) in its own run "
+                        "directory under OUT/trials.")
+    sw.add_argument("spec", metavar="SPEC.yaml")
+    sw.add_argument("--out", required=True, help="sweep directory (trials, logs and sweep.json)")
+    sw.add_argument("--jobs", type=int, default=None, help="local backend: trials at a time (default: the cores)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local")
+    sw.add_argument("--address", default=None, help="ray backend: a running cluster (e.g. HEAD_IP:6379); "
+                    "default: start a local Ray instance for the sweep")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray backend: CPUs each trial holds")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray backend: GPUs each trial holds")
+    sw.add_argument("--dry-run", action="store_true", help="list the trials and their state; run nothing")
 
     pl = sub.add_parser("plot", help="plot learning curves (mean and spread over seeds)")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -404,6 +422,66 @@ _MUJOCO_NAMES = {
 }
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from rl_energy import sweep
+    from rl_energy.config import ConfigError
+
+    spec = sweep.load_spec(args.spec)
+    trials = spec.trials()
+    out = Path(args.out)
+    cores = os.cpu_count() or 1
+    if args.jobs is not None and not 1 <= args.jobs <= 4 * cores:
+        raise ConfigError(f"--jobs must be in [1, {4 * cores}] (4 x the cores), got {args.jobs}")
+    if not 1 <= args.threads <= cores:
+        raise ConfigError(f"--threads must be in [1, {cores}] (the cores), got {args.threads}")
+    if not (math.isfinite(args.cpus_per_trial) and 0 < args.cpus_per_trial <= 1024):
+        raise ConfigError(f"--cpus-per-trial must be in (0, 1024], got {args.cpus_per_trial}")
+    if not (math.isfinite(args.gpus_per_trial) and 0 <= args.gpus_per_trial <= 64):
+        raise ConfigError(f"--gpus-per-trial must be in [0, 64], got {args.gpus_per_trial}")
+    if args.backend == "local" and args.address is not None:
+        raise ConfigError("--address is for --backend ray")
+    if args.dry_run:
+        for t in trials:
+            state = sweep.read_status(sweep.trial_dir(out, t)).get("status", "new")
+            print(f"{state:<12} {t.name}")
+        print(f"{len(trials)} trials")
+        return 0
+    if args.backend == "ray":
+        from rl_energy.errors import import_optional
+
+        import_optional("ray", "rl-energy sweep --backend ray")
+    sweep.write_manifest(out, Path(args.spec), trials)
+    done = [0]
+    lock = threading.Lock()
+
+    def report(o: sweep.TrialOutcome) -> None:
+        with lock:
+            done[0] += 1
+            took = f" ({o.seconds:.1f} s)" if o.seconds else ""
+            print(f"[{done[0]}/{len(trials)}] {o.status:<11} {o.trial.name}{took}", flush=True)
+
+    jobs = args.jobs or cores
+    print(f"sweep: {len(trials)} trials -> {out}/trials ({args.backend} backend"
+          + (f", {jobs} at a time" if args.backend == "local" else f", {args.cpus_per_trial:g} CPU per trial")
+          + f", {args.threads} thread(s) each)", flush=True)
+    if args.backend == "local":
+        outcomes = sweep.run_local(trials, out, jobs, args.threads, report)
+    else:
+        outcomes = sweep.run_ray(trials, out, args.address, args.cpus_per_trial, args.gpus_per_trial, args.threads,
+                                 report)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "interrupted", "pending")}
+    for o in outcomes:
+        if o.status == "failed":
+            log = sweep.trial_dir(out, o.trial) / sweep.LOG_FILE
+            print(f"\nfailed: {o.trial.name} (exit {o.returncode}); log {log}\n{o.log_tail}", file=sys.stderr)
+    print(f"sweep finished: {counts['done']} run, {counts['skipped']} already done, {counts['failed']} failed, "
+          f"{counts['interrupted']} interrupted, {counts['pending']} not started (re-run the same command to resume)",
+          flush=True)
+    if counts["interrupted"] or counts["pending"]:
+        return 130
+    return 1 if counts["failed"] else 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from rl_energy.plotting import plot_runs
 
@@ -412,7 +490,8 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "analyze": _analyze}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "analyze": _analyze,
+            "sweep": _sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "rdkit": ("rdkit", "atoms"),
     "tblite": ("tblite", "atoms"),
     "e3nn": ("e3nn", "atoms"),
+    "ray": ("ray", "ray"),
 }
 """``import name -> (PyPI name, rl-energy extra that installs it)`` for every optional dependency."""
 
