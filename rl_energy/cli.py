@@ -1,4 +1,4 @@
-"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze, sweep.
+"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze, sweep, report.
 
 User errors (unknown names, bad config values, missing run directories) print one line to stderr
 and exit with status 2, never a traceback.
@@ -71,6 +71,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray backend: CPUs each trial holds")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray backend: GPUs each trial holds")
     sw.add_argument("--dry-run", action="store_true", help="list the trials and their state; run nothing")
+
+    rp = sub.add_parser("report", help="aggregate a sweep with rliable: mean and IQM with bootstrap CIs, probability "
+                        "of improvement, performance profiles, learning curves (the `bench` extra)")
+    rp.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    rp.add_argument("--out", default=None, help="where to write report.md and the plots (default: SWEEP_DIR)")
+    rp.add_argument("--column", default="eval_return_mean", help="progress.csv column whose last value is the score")
+    rp.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     pl = sub.add_parser("plot", help="plot learning curves (mean and spread over seeds)")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -482,6 +490,20 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rl_energy.config import ConfigError
+    from rl_energy.report import write_report
+
+    if not 100 <= args.reps <= 1_000_000:
+        raise ConfigError(f"--reps must be in [100, 1000000], got {args.reps}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    path = write_report(args.sweep_dir, args.out, args.column, args.reps, args.seed)
+    print(path.read_text())
+    print(f"wrote {path}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from rl_energy.plotting import plot_runs
 
@@ -491,7 +513,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "analyze": _analyze,
-            "sweep": _sweep}
+            "sweep": _sweep, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

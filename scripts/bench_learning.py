@@ -8,7 +8,8 @@ runs that many trainings at once, each with ``train.torch_threads = cores / jobs
 Outputs in ``OUT``:
 
 * ``returns.csv``: agent, seed, step, eval_return (the periodic deterministic evaluations);
-* ``summary.csv``: agent, step, mean over seeds and the 95% percentile-bootstrap CI of that mean;
+* ``summary.csv``: agent, step, mean over seeds and the 95% percentile-bootstrap CI of that mean (rliable's
+  stratified bootstrap, :func:`rl_energy.plotting.bootstrap_ci`; the ``bench`` extra);
 * ``curves.png``: the means with their CI bands.
 
 The last line gives the first agent's mean final return, e.g.

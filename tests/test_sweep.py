@@ -154,3 +154,67 @@ def test_ray_backend_without_ray_is_one_line_naming_the_extra(tmp_path):
                           env=dict(os.environ))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "rl-energy[ray]" in proc.stderr
+
+
+def _fake_sweep(root: Path, finals: dict[tuple[str, int], float]) -> None:
+    """A sweep directory as `rl-energy sweep` leaves it (status files and progress.csv), with chosen final scores."""
+    for (agent, seed), final in finals.items():
+        d = root / "trials" / f"{agent}__Pendulum-v1__seed{seed}"
+        d.mkdir(parents=True)
+        (d / sweep.STATUS_FILE).write_text(json.dumps({"status": "done", "agent": agent, "env": "Pendulum-v1",
+                                                       "seed": seed, "settings": {}}))
+        (d / "progress.csv").write_text(f"step,eval_return_mean\n100,{final - 50}\n200,\n300,{final}\n")
+    failed = root / "trials" / "sac__Pendulum-v1__seed99"
+    failed.mkdir()
+    (failed / sweep.STATUS_FILE).write_text(json.dumps({"status": "failed", "agent": "sac", "env": "Pendulum-v1",
+                                                        "seed": 99}))
+
+
+def test_report_equals_rliable_called_directly(tmp_path):
+    pytest.importorskip("rliable.library")
+    import numpy as np
+    from rliable import library as rly
+    from rliable import metrics
+
+    from rl_energy import report
+
+    rng = np.random.default_rng(0)
+    finals = {(a, s): float(rng.normal(-300 if a == "sac" else -600, 80)) for a in ("sac", "ddpg") for s in range(6)}
+    _fake_sweep(tmp_path / "sw", finals)
+    assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep"), "--reps", "500"]) == 0
+    scores = {a: np.array([finals[(a, s)] for s in range(6)])[:, None] for a in ("ddpg", "sac")}
+    assert {k: v.tolist() for k, v in report.score_dicts(report.collect(tmp_path / "sw"))["Pendulum-v1"].items()} \
+        == {k: v.tolist() for k, v in scores.items()}  # the failed trial is left out, the last logged value kept
+    np.random.seed(0)  # rliable's stratified resampler draws from NumPy's global generator
+    points, cis = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]), reps=500)
+    ours = report.interval_estimates(scores, reps=500, seed=0)
+    for a in scores:
+        assert ours[a]["mean"] == pytest.approx((points[a][0], cis[a][0, 0], cis[a][1, 0]))
+        assert ours[a]["iqm"] == pytest.approx((points[a][1], cis[a][0, 1], cis[a][1, 1]))
+    text = (tmp_path / "rep" / "report.md").read_text()
+    m = ours["sac"]["iqm"]
+    assert f"{m[0]:.4g} [{m[1]:.4g}, {m[2]:.4g}]" in text and "sac > ddpg" in text
+    poi = report.improvement(scores, reps=500, seed=0)
+    assert poi["sac > ddpg"][0] > 0.9  # sac's scores are far higher
+    for name in ("profile_Pendulum-v1.png", "curves_Pendulum-v1.png"):
+        assert (tmp_path / "rep" / name).is_file()
+
+
+def test_report_of_a_directory_that_is_no_sweep_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_bootstrap_band_is_rliables_and_narrows_with_more_seeds():
+    pytest.importorskip("rliable.library")
+    import numpy as np
+
+    from rl_energy.plotting import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(size=(5, 4)), rng.normal(size=(80, 4))
+    a, b = bootstrap_ci(few, resamples=1000), bootstrap_ci(few, resamples=1000)
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert np.all(a[0] < few.mean(0)) and np.all(few.mean(0) < a[1])
+    assert np.all(np.diff(bootstrap_ci(many, resamples=1000), axis=0) < np.diff(a, axis=0))
