@@ -1,4 +1,4 @@
-"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze, sweep, report.
+"""The ``rl-energy`` command line: train, evaluate, list, plot, analyze, sweep, report, reproduce.
 
 User errors (unknown names, bad config values, missing run directories) print one line to stderr
 and exit with status 2, never a traceback.
@@ -71,6 +71,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray backend: CPUs each trial holds")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray backend: GPUs each trial holds")
     sw.add_argument("--dry-run", action="store_true", help="list the trials and their state; run nothing")
+
+    rr = sub.add_parser("reproduce", help="list the 24 papers with their status and runtime, or run one's "
+                        "reproduction script (its table: the paper's claim beside ours)",
+                        description="rl-energy reproduce --list | rl-energy reproduce NAME [-- SCRIPT ARGS]")
+    rr.add_argument("name", nargs="?", metavar="NAME", help="a paper's short name (see --list)")
+    rr.add_argument("--list", action="store_true", help="the papers, their status and measured runtime")
+    rr.add_argument("--markdown", action="store_true", help="with --list: the summary table of docs/reproductions.md")
+    rr.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
 
     rp = sub.add_parser("report", help="aggregate a sweep with rliable: mean and IQM with bootstrap CIs, probability "
                         "of improvement, performance profiles, learning curves (the `bench` extra)")
@@ -490,6 +498,29 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from rl_energy import reproductions as rep
+    from rl_energy.config import ConfigError
+
+    if args.list or not args.name:
+        if args.name:
+            raise ConfigError("give NAME or --list, not both")
+        if args.markdown:
+            print(rep.summary_markdown())
+            return 0
+        width = max(len(r.name) for r in rep.REPRODUCTIONS)
+        print(f"{'name':<{width}}  {'status':<15} {'runtime (2 cores)':<34} paper")
+        for r in rep.REPRODUCTIONS:
+            print(f"{r.name:<{width}}  {r.status:<15} {r.runtime:<34} {r.paper}")
+        print(f"\n{len(rep.REPRODUCTIONS)} papers; `rl-energy reproduce NAME [-- ARGS]` runs one "
+              "(e.g. `rl-energy reproduce radio -- --quick`); details in docs/reproductions.md")
+        return 0
+    extra = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    r = rep.by_name(args.name)
+    print(f"{r.paper}: scripts/{r.script} {' '.join(extra)} (status: {r.status}; measured {r.runtime})", flush=True)
+    return rep.run(args.name, extra)
+
+
 def _report(args: argparse.Namespace) -> int:
     from rl_energy.config import ConfigError
     from rl_energy.report import write_report
@@ -513,7 +544,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "analyze": _analyze,
-            "sweep": _sweep, "report": _report}
+            "sweep": _sweep, "report": _report, "reproduce": _reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -528,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # the output went to `head` or a closed pager
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -218,3 +218,20 @@ def test_bootstrap_band_is_rliables_and_narrows_with_more_seeds():
     np.testing.assert_array_equal(a, b)  # seeded
     assert np.all(a[0] < few.mean(0)) and np.all(few.mean(0) < a[1])
     assert np.all(np.diff(bootstrap_ci(many, resamples=1000), axis=0) < np.diff(a, axis=0))
+
+
+def test_reproduce_lists_24_papers_each_with_a_script_and_the_docs_carry_the_same_table(capsys):
+    from rl_energy import reproductions as rep
+
+    assert len(rep.REPRODUCTIONS) == 24 and len({r.name for r in rep.REPRODUCTIONS}) == 24
+    root = Path(__file__).resolve().parents[1]
+    for r in rep.REPRODUCTIONS:
+        assert (root / "scripts" / r.script).is_file(), r.script
+        assert r.status in rep.STATUSES
+    assert rep.summary_markdown() in (root / "docs" / "reproductions.md").read_text()
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(r.name in out for r in rep.REPRODUCTIONS)
+    assert main(["reproduce", "nope"]) == 2 and "valid: meow, bubble" in capsys.readouterr().err
+    # a script runs with the arguments after --, and its exit status is the command's
+    assert main(["reproduce", "radio", "--", "--test", "0"]) == 2
