@@ -13,7 +13,6 @@ the sweep (grid and random axes); its runs are its seeds. Every statistic is rli
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rl_energy.errors import ConfigError, import_optional
-from rl_energy.plotting import seeded_numpy
+from rl_energy.plotting import read_curve, seeded_numpy
 from rl_energy.sweep import STATUS_FILE
 
 
@@ -39,18 +38,10 @@ class TrialResult:
 
 def final_value(run_dir: Path, column: str) -> float | None:
     """The last value of ``column`` in ``run_dir/progress.csv`` (None if it was never logged)."""
-    path = run_dir / "progress.csv"
-    if not path.is_file():
+    if not (run_dir / "progress.csv").is_file():
         return None
-    last = None
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if column not in (reader.fieldnames or []):
-            raise ConfigError(f"{path} has no column '{column}'; columns: {', '.join(reader.fieldnames or [])}")
-        for row in reader:
-            if row.get(column):
-                last = float(row[column])
-    return last
+    values = read_curve(run_dir, column)[1]
+    return float(values[-1]) if len(values) else None
 
 
 def collect(sweep_dir: str | Path, column: str = "eval_return_mean") -> list[TrialResult]:
@@ -154,7 +145,7 @@ def _plots(env: str, scores: dict[str, np.ndarray], results: list[TrialResult], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rl_energy.plotting import aggregate, read_curve
+    from rl_energy.plotting import aggregate
 
     rly = import_optional("rliable.library", "rl-energy report")
     lo = min(float(v.min()) for v in scores.values())
