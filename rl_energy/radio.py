@@ -255,9 +255,6 @@ class Showers:
         m = self.mask[i]
         return {"pos": self.pos[i][m], "t": self.t[i][m], "amp": self.amp[i][m]}
 
-    def subset(self, idx: np.ndarray) -> Showers:
-        return Showers(**{f: getattr(self, f)[idx] for f in self.__dataclass_fields__})
-
 
 def simulate(n: int, seed: int, site: Site | None = None, noise: bool = True,
              theta_range_deg: tuple[float, float] = (60.0, 88.0)) -> Showers:
