@@ -80,6 +80,11 @@ class DDPG(Agent):
             return action
         return (action + self.config.exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
 
+    @torch.inference_mode()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``Q(s, μ(s))``: the critic at the policy's action (MEGA's goal cutoff reads it)."""
+        return self.critic(torch.cat([obs, self.actor(obs)], -1))[0, :, 0]
+
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
         obs, next_obs = batch["obs"], batch["next_obs"]

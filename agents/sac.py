@@ -120,6 +120,12 @@ class SAC(Agent):
             return torch.tanh(self.actor(obs)[0])
         return self.actor.sample(obs)[0]
 
+    @torch.inference_mode()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``min_k Q_k(s, tanh μ(s))``: the critics at the policy's mean action (MEGA's goal cutoff)."""
+        action = torch.tanh(self.actor(obs)[0])
+        return self.critic(torch.cat([obs, action], -1)).squeeze(-1).min(0).values
+
     @torch.no_grad()
     def soft_target(
         self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, alpha: torch.Tensor

@@ -23,6 +23,11 @@ ENV_SPECS: dict[str, dict] = {
                                      "max_episode_steps": 30, "kwargs": {"maze": "umaze"}},
     "rl_energy/PointMaze-MultiRoom-v0": {"entry_point": "rl_energy.envs.point_maze:PointMazeEnv",
                                          "max_episode_steps": 30, "kwargs": {"maze": "multiroom"}},
+    # the SVGG paper's thin-wall mazes ("MAZE 1-4")
+    **{f"rl_energy/PointMaze-{name}-v0": {"entry_point": "rl_energy.envs.point_maze:PointMazeEnv",
+                                          "max_episode_steps": 30, "kwargs": {"maze": maze}}
+       for name, maze in (("SquarePBCS0", "square_pbcs_0"), ("SquarePBCS1", "square_pbcs_1"),
+                          ("Snail", "snail"), ("Snake", "snake"))},
     "rl_energy/HyperGrid-v0": {"entry_point": "rl_energy.envs.hypergrid:HyperGridEnv"},
     "rl_energy/SetGeneration-v0": {"entry_point": "rl_energy.envs.set_generation:SetGenerationEnv"},
     # one-step tasks (envs/tasks/): supervised and statistical papers as contextual bandits

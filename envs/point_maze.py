@@ -1,25 +1,37 @@
-"""``rl_energy/PointMaze-{Open,UMaze,MultiRoom}-v0``: 2-D point-mass goal mazes (the SVGG point mazes,
-Castanet et al. 2023; SVGG digest §4), in Gymnasium's goal-env convention.
+"""``rl_energy/PointMaze-*-v0``: 2-D point-mass goal mazes (the SVGG point mazes, Castanet et al. 2023;
+SVGG digest §4), in Gymnasium's goal-env convention.
 
-A maze is a grid of unit cells, each free (``.``, ``S`` = the start cell) or a wall block (``#``). Cell
-``(row r, column c)`` is the square of side 1 centred on ``(c − c_S, r − r_S)``, so the start cell is
-``[−0.5, 0.5]²``. The state is the point's position, and it is also the goal space. An action
-``a ∈ [−0.95, 0.95]²`` moves the point by ``a``: first along x, then along y, each stopped just short of
-a wall block or of the maze's border (so it slides along walls). Episodes start uniformly in the
-start cell, last 30 steps (``max_episode_steps``), and never terminate early. The reward is sparse,
-``−1`` until the point is within ``success_radius = 0.15`` of the goal and ``0`` there
-(:meth:`PointMazeEnv.compute_reward`, vectorised); ``info["is_success"]`` says the same. A goal inside
-a wall block is invalid and never achieved (so a curriculum that proposes such goals wastes episodes).
+A maze is a grid of unit cells. Cell ``(row r, column c)`` is the square of side 1 centred on
+``(c − c_S, r − r_S)``, so the start cell is ``[−0.5, 0.5]²``. Two layout formats:
+
+* **block mazes** (``open``, ``umaze``, ``multiroom``): rows of ``.`` (free), ``S`` (the start cell) and
+  ``#`` (a wall block one cell thick);
+* **thin-wall mazes**, the paper's (``square_pbcs_0``, ``square_pbcs_1``, ``snake``: 5×5 cells; ``snail``:
+  6×6): ASCII art of ``2R+1`` lines, ``+`` corners, ``|`` and ``-`` zero-thickness walls between cells, a
+  space for a passage, the cells at odd positions (``S`` the start). The layouts are the ones the SVGG
+  code builds (``envs/sibrivalry/toy_maze/mazes.py``: every cell lies on one tree of passages, so every
+  cell is reachable). Text line 1 is the row of the start cell (``y = 0``), and ``y`` grows downwards in
+  the text.
+
+The state is the point's position, and it is also the goal space. An action ``a ∈ [−0.95, 0.95]²``
+moves the point by ``a``: first along x, then along y, each stopped just short of a wall (a wall block,
+a thin wall or the border), so it slides along walls (the SVGG code moves along the straight segment
+with up to 3 sliding bounces; splitting the move by axis is our simplification). Episodes start
+uniformly in the start cell, last 30 steps (``max_episode_steps``), and never terminate early. The
+reward is sparse, ``−1`` until the point is within ``success_radius = 0.15`` of the goal and ``0`` there
+(:meth:`PointMazeEnv.compute_reward`, vectorised); ``info["is_success"]`` says the same. A goal outside
+the free cells is invalid and never achieved (so a curriculum that proposes such goals wastes episodes).
 
 Observations are dicts with ``observation``, ``achieved_goal`` (both the position) and
 ``desired_goal``. The goal of an episode is ``options["goal"]`` at reset if given, else drawn by the
-env's ``goal_sampler`` (set by a curriculum, :mod:`rl_energy.curricula`), else uniform over the free
-cells. :meth:`PointMazeEnv.set_maze` swaps the layout during training (the recovery experiment);
-:meth:`Maze.coverage_goals` is the evaluation grid of the success-coverage metric (digest §5).
+env's ``goal_sampler(rng, start)`` (set by a curriculum, :mod:`rl_energy.curricula`), else uniform over
+the free cells. :meth:`PointMazeEnv.set_maze` swaps the layout during training (the recovery
+experiment); :meth:`Maze.coverage_goals` is the evaluation grid of the success-coverage metric (digest §5).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,33 +69,145 @@ MAZES: dict[str, tuple[str, ...]] = {
         "..#.....",
         ".....#..",
     ),
+    # the SVGG paper's four mazes ("MAZE 1-4"), drawn from the passages its code builds
+    "square_pbcs_0": (
+        "+-+-+-+-+-+",
+        "|S        |",
+        "+-+-+-+-+ +",
+        "|   |     |",
+        "+ +-+ +-+-+",
+        "|     |   |",
+        "+ +-+-+ + +",
+        "| |   | | |",
+        "+ + + + + +",
+        "|   |   | |",
+        "+-+-+-+-+-+",
+    ),
+    "square_pbcs_1": (
+        "+-+-+-+-+-+",
+        "|S|       |",
+        "+ + +-+-+ +",
+        "| |     | |",
+        "+ +-+-+ + +",
+        "|       | |",
+        "+-+-+-+-+ +",
+        "| |   |   |",
+        "+ + + + +-+",
+        "|   |     |",
+        "+-+-+-+-+-+",
+    ),
+    "snail": (
+        "+-+-+-+-+-+-+",
+        "|S          |",
+        "+-+-+-+-+-+ +",
+        "|         | |",
+        "+ +-+-+-+ + +",
+        "| |     | | |",
+        "+ + +-+ + + +",
+        "| | |   | | |",
+        "+ + +-+-+ + +",
+        "| |       | |",
+        "+ +-+-+-+-+ +",
+        "|           |",
+        "+-+-+-+-+-+-+",
+    ),
+    "snake": (
+        "+-+-+-+-+-+",
+        "|S        |",
+        "+-+-+-+-+ +",
+        "|         |",
+        "+ +-+-+-+-+",
+        "|         |",
+        "+-+-+-+-+ +",
+        "|         |",
+        "+ +-+-+-+-+",
+        "|         |",
+        "+-+-+-+-+-+",
+    ),
+    # the recovery experiment's change to square_pbcs_1: the passage from (x 3, y 2) down to (3, 1) closes,
+    # so the maze's second half, reached through it, must now be reached the long way round, through a
+    # passage that opens from (0, 2) to (0, 3): the route to every cell beyond the closed passage reverses
+    "square_pbcs_1_changed": (
+        "+-+-+-+-+-+",
+        "|S|       |",
+        "+ + +-+-+ +",
+        "| |     | |",
+        "+ +-+-+-+ +",
+        "|       | |",
+        "+ +-+-+-+ +",
+        "| |   |   |",
+        "+ + + + +-+",
+        "|   |     |",
+        "+-+-+-+-+-+",
+    ),
 }
-"""Maze layouts by name: ``#`` wall block, ``.`` free, ``S`` the start cell (free)."""
+"""Maze layouts by name (module docstring): block mazes of ``#``/``.``/``S`` rows, thin-wall mazes in ASCII art."""
 
 EPS = 1e-6
+
+
+def _parse_blocks(rows: Sequence[str]) -> np.ndarray:
+    if not rows or len({len(r) for r in rows}) != 1 or set("".join(rows)) - set("#.S"):
+        raise ValueError("a block maze layout is equal-length rows of '#', '.' and one 'S'")
+    return np.array([[ch != "#" for ch in row] for row in rows])
+
+
+def _block_walls(free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``wall_x [R, C+1]`` (the edge left of column c in row r; 0 and C the border) and ``wall_y [R+1, C]``
+    (the edge below row r) of a block maze: an edge is a wall unless both its cells are free."""
+    padded = np.pad(free, 1, constant_values=False)
+    wall_x = ~(padded[1:-1, :-1] & padded[1:-1, 1:])
+    wall_y = ~(padded[:-1, 1:-1] & padded[1:, 1:-1])
+    return wall_x, wall_y
+
+
+def _parse_thin(rows: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells and walls of a thin-wall layout (module docstring)."""
+    if len(rows) < 3 or len(rows) % 2 == 0 or len({len(r) for r in rows}) != 1 or len(rows[0]) % 2 == 0:
+        raise ValueError("a thin-wall maze layout is 2R+1 equal-length lines of 2C+1 characters")
+    if set("".join(rows)) - set("+-| S.#"):
+        raise ValueError("a thin-wall maze layout uses '+', '-', '|', ' ', 'S', '.' and '#' only")
+    n_rows, n_cols = len(rows) // 2, len(rows[0]) // 2
+    free = np.array([[rows[2 * r + 1][2 * c + 1] != "#" for c in range(n_cols)] for r in range(n_rows)])
+    wall_x = np.array([[rows[2 * r + 1][2 * c] == "|" for c in range(n_cols + 1)] for r in range(n_rows)])
+    wall_y = np.array([[rows[2 * r][2 * c + 1] == "-" for c in range(n_cols)] for r in range(n_rows + 1)])
+    wall_x[:, [0, -1]] = True  # the border is closed whatever the drawing says
+    wall_y[[0, -1], :] = True
+    return free, wall_x, wall_y
+
+
+def _start_mask(rows: Sequence[str], thin: bool) -> np.ndarray:
+    if thin:
+        return np.array([[row[c] == "S" for c in range(1, len(row), 2)] for row in rows[1::2]])
+    return np.array([[ch == "S" for ch in row] for row in rows])
 
 
 class Maze:
     """A grid layout with vectorised motion, validity tests and goal grids (module docstring)."""
 
     def __init__(self, layout: str | Sequence[str]) -> None:
-        rows = MAZES[layout] if isinstance(layout, str) else tuple(layout)
         if isinstance(layout, str) and layout not in MAZES:
             raise ValueError(f"unknown maze {layout!r}; mazes: {', '.join(MAZES)}")
-        if not rows or len({len(r) for r in rows}) != 1 or set("".join(rows)) - set("#.S"):
-            raise ValueError("a maze layout is equal-length rows of '#', '.' and one 'S'")
-        starts = [(r, c) for r, row in enumerate(rows) for c, ch in enumerate(row) if ch == "S"]
-        if len(starts) != 1:
-            raise ValueError(f"a maze layout needs exactly one start cell 'S', got {len(starts)}")
+        rows = MAZES[layout] if isinstance(layout, str) else tuple(layout)
         self.name = layout if isinstance(layout, str) else "custom"
         self.layout = rows
-        self.free = np.array([[ch != "#" for ch in row] for row in rows])
-        self.start_row, self.start_col = starts[0]
+        if rows and rows[0].startswith("+"):
+            self.free, self.wall_x, self.wall_y = _parse_thin(rows)
+        else:
+            self.free = _parse_blocks(rows)
+            self.wall_x, self.wall_y = _block_walls(self.free)
+        self.thin = bool(rows[0].startswith("+"))
+        starts = np.argwhere(_start_mask(rows, self.thin))
+        if len(starts) != 1:
+            raise ValueError(f"a maze layout needs exactly one start cell 'S', got {len(starts)}")
+        self.start_row, self.start_col = (int(v) for v in starts[0])
         n_rows, n_cols = self.free.shape
         self.low = np.array([-self.start_col - 0.5, -self.start_row - 0.5])
         self.high = self.low + np.array([n_cols, n_rows])
         free_r, free_c = np.nonzero(self.free)
         self.free_centers = np.stack([free_c - self.start_col, free_r - self.start_row], 1).astype(np.float64)
+        # the walls as lists, for the scalar step
+        self._wx, self._wy = self.wall_x.tolist(), self.wall_y.tolist()
 
     def cell_index(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(row, col, inside)`` of the cells holding ``points [..., 2]`` (``inside``: within the grid)."""
@@ -100,20 +224,62 @@ class Maze:
     def move(self, pos: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Positions after ``action`` (``[N, 2]`` each): x then y, stopped short of walls and the border.
 
-        A move is shorter than one cell, so it can enter at most the neighbouring cell along its axis;
-        if that cell is a wall block (or outside), the point stops ``1e-6`` inside its own cell.
+        A move is shorter than one cell, so it crosses at most one cell edge per axis; if that edge is a
+        wall (``wall_x``/``wall_y``), the point stops ``1e-6`` inside its own cell.
         """
         pos = np.array(pos, dtype=np.float64, copy=True)
+        offset = (self.start_col, self.start_row)
+        walls = (self.wall_x, self.wall_y)
         for axis in (0, 1):
-            new = pos.copy()
-            new[:, axis] += action[:, axis]
-            blocked = ~self.is_valid(new)
-            if blocked.any():
-                center = np.floor(pos[blocked, axis] + 0.5)
-                edge = center + 0.5 * np.sign(action[blocked, axis])
-                new[blocked, axis] = edge - EPS * np.sign(action[blocked, axis])
-            pos = new
+            other = 1 - axis
+            old_cell = np.floor(pos[:, axis] + 0.5).astype(np.int64) + offset[axis]
+            new = pos[:, axis] + action[:, axis]
+            new_cell = np.floor(new + 0.5).astype(np.int64) + offset[axis]
+            crossing = np.flatnonzero(new_cell != old_cell)
+            if len(crossing):
+                line = np.floor(pos[crossing, other] + 0.5).astype(np.int64) + offset[other]
+                edge = np.maximum(old_cell[crossing], new_cell[crossing])
+                w = walls[axis]
+                blocked = w[line, edge] if axis == 0 else w[edge, line]
+                hit = crossing[blocked]
+                step = np.sign(action[hit, axis])
+                new[hit] = np.floor(pos[hit, axis] + 0.5) + 0.5 * step - EPS * step
+            pos[:, axis] = new
         return pos
+
+    def move_one(self, x: float, y: float, ax: float, ay: float) -> tuple[float, float]:
+        """:meth:`move` of one point in plain floats (the env's step; a test checks they agree)."""
+        c0, r0 = math.floor(x + 0.5) + self.start_col, math.floor(y + 0.5) + self.start_row
+        nx = x + ax
+        c1 = math.floor(nx + 0.5) + self.start_col
+        if c1 != c0 and self._wx[r0][max(c0, c1)]:
+            s = 1.0 if ax > 0 else -1.0
+            nx = math.floor(x + 0.5) + 0.5 * s - EPS * s
+            c1 = c0
+        ny = y + ay
+        r1 = math.floor(ny + 0.5) + self.start_row
+        if r1 != r0 and self._wy[max(r0, r1)][c1]:
+            s = 1.0 if ay > 0 else -1.0
+            ny = math.floor(y + 0.5) + 0.5 * s - EPS * s
+        return nx, ny
+
+    def reachable(self) -> np.ndarray:
+        """Cells reachable from the start cell through passages (a breadth-first search)."""
+        seen = np.zeros_like(self.free)
+        seen[self.start_row, self.start_col] = True
+        frontier = [(self.start_row, self.start_col)]
+        n_rows, n_cols = self.free.shape
+        while frontier:
+            r, c = frontier.pop()
+            for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+                nr, nc = r + dr, c + dc
+                if not (0 <= nr < n_rows and 0 <= nc < n_cols) or seen[nr, nc]:
+                    continue
+                wall = self.wall_x[r, max(c, nc)] if dc else self.wall_y[max(r, nr), c]
+                if not wall:
+                    seen[nr, nc] = True
+                    frontier.append((nr, nc))
+        return seen
 
     def sample_valid(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` points uniform over the free cells."""
@@ -159,8 +325,9 @@ class PointMazeEnv(gym.Env):
         """Steps this env has taken: at ``switch_maze_at`` it switches to ``switch_to`` (recovery runs)."""
         self.success_radius = success_radius
         self.max_action = max_action
-        self.goal_sampler: Callable[[np.random.Generator], np.ndarray] | None = None
-        """Draws the goal of each new episode (set by a curriculum); None: uniform over free cells."""
+        self.goal_sampler: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None
+        """Draws the goal of each new episode from ``(rng, start position)`` (set by a curriculum); None:
+        uniform over free cells."""
         self.set_maze(maze)
         self.action_space = gym.spaces.Box(-max_action, max_action, shape=(2,), dtype=np.float32)
         self.pos = np.zeros(2)
@@ -189,7 +356,7 @@ class PointMazeEnv(gym.Env):
         if options and "goal" in options:
             self.goal = np.asarray(options["goal"], dtype=np.float64).reshape(2)
         elif self.goal_sampler is not None:
-            self.goal = np.asarray(self.goal_sampler(self.np_random), dtype=np.float64).reshape(2)
+            self.goal = np.asarray(self.goal_sampler(self.np_random, self.pos.copy()), dtype=np.float64).reshape(2)
         else:
             self.goal = self.maze.sample_valid(1, self.np_random)[0]
         return self._obs(), {"is_success": self._success()}
@@ -207,7 +374,7 @@ class PointMazeEnv(gym.Env):
             self.set_maze(self.switch_to)
             if not self.maze.is_valid(self.pos[None])[0]:  # walled in by the new layout: back to the start
                 self.pos = self.maze.start_positions(1, self.np_random)[0]
-        self.pos = self.maze.move(self.pos[None], action[None])[0]
+        self.pos = np.array(self.maze.move_one(self.pos[0], self.pos[1], action[0], action[1]))
         obs = self._obs()
         reward = float(self.compute_reward(obs["achieved_goal"], obs["desired_goal"], {}))
         return obs, reward, False, False, {"is_success": reward == 0.0}

@@ -37,7 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     tr.add_argument("--device", choices=["cpu", "cuda", "auto"], help="shorthand for train.device")
     tr.add_argument("--num-envs", type=int, help="shorthand for train.num_envs")
-    tr.add_argument("--curriculum", choices=["none", "uniform_box", "uniform_valid", "svgg"],
+    tr.add_argument("--curriculum", choices=["none", "uniform_box", "uniform_valid", "svgg", "mega", "random"],
                     help="goal curriculum for goal envs (shorthand for --set curriculum.name=NAME)")
     tr.add_argument("--quiet", action="store_true", help="no progress output except the final line")
 

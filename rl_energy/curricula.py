@@ -1,4 +1,4 @@
-"""Goal curricula for multi-goal RL: SVGG and two uniform baselines.
+"""Goal curricula for multi-goal RL: SVGG, the paper's baselines MEGA and RANDOM, and two uniform references.
 
 **SVGG** (Castanet, Sigaud & Lamprier, ICML 2023, "Stein Variational Goal Generation"; SVGG digest §2).
 Goals of intermediate difficulty are sampled by Stein variational gradient descent on the energy-based
@@ -17,7 +17,18 @@ target density
   ``−φ`` of an Adam step (lr 0.1) every ``svgd_every`` env steps (§2d);
 * each episode's goal is a uniformly chosen particle (§2e).
 
-Baselines: ``uniform_box`` draws goals uniformly over the maze's bounding box, walls included (a naive
+**MEGA** (Pitis et al., ICML 2020, "Maximum Entropy Gain Exploration"), the SVGG paper's main baseline,
+as its code (``mrl``'s ``DensityAchievedGoalCuriosity``) sets it up: at each reset, ``mega_candidates``
+achieved goals are drawn from everything the agent has achieved; those whose value ``Q(s0, g)`` (the
+agent's critic at its own action) lies below a **cutoff** are dropped; of the rest, the goal of lowest
+density under a Gaussian KDE (bandwidth 0.1 on standardised coordinates, fitted to ``kde_samples``
+achieved goals) is pursued. The cutoff starts at ``−3`` and moves by 1 after every 10 curriculum
+episodes: down (harder goals allowed) when their success rate is ≥ 0.7, up when ≤ 0.3, never below
+``min_cutoff`` (the lowest candidate value seen, at least ``−(1 − γ^{0.8T})/(1 − γ)``) nor above ``−3``
+(:meth:`AchievedGoalCurriculum.update_cutoff`). If no candidate passes, the highest-valued one is taken.
+**RANDOM** is the same with a uniform choice among the candidates that pass.
+
+References: ``uniform_box`` draws goals uniformly over the maze's bounding box, walls included (a naive
 curriculum that does not know which goals are valid); ``uniform_valid`` draws them uniformly over the
 valid goals (an oracle given the valid set).
 """
@@ -36,13 +47,16 @@ from torch import nn
 
 from rl_energy.errors import ConfigError, import_optional, require
 
-CURRICULA = ("none", "uniform_box", "uniform_valid", "svgg")
+CURRICULA = ("none", "uniform_box", "uniform_valid", "svgg", "mega", "random")
+
+QFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``q_fn(start [d], goals [n, goal_dim]) -> [n]``: the agent's value of pursuing each goal from ``start``."""
 
 
 @dataclass
 class CurriculumConfig:
     name: str = "none"
-    """``none`` (the env's own goals), ``uniform_box``, ``uniform_valid`` or ``svgg``."""
+    """``none`` (the env's own goals), ``uniform_box``, ``uniform_valid``, ``svgg``, ``mega`` or ``random``."""
     particles: int = 100
     kernel_sigma: float = 1.0
     svgd_lr: float = 0.1
@@ -71,7 +85,22 @@ class CurriculumConfig:
     (measured on the multi-room maze: mean p_valid in walls 0.70 at γ = 0.5, 0.30 at 2, in free cells 0.78
     and 0.71)."""
     snapshot_every: int = 0
-    """SVGG: keep a copy of the particles every this many env steps (in the checkpoint; 0: none)."""
+    """SVGG, MEGA, RANDOM: keep a copy of the particles (SVGG) or of the last 100 chosen goals every this
+    many env steps (in the checkpoint; 0: none)."""
+    mega_candidates: int = 100
+    """MEGA/RANDOM: achieved goals drawn at each reset."""
+    kde_samples: int = 10000
+    """MEGA: achieved goals the KDE is fitted to (redrawn at every env step that has a reset)."""
+    kde_bandwidth: float = 0.1
+    """MEGA: the Gaussian kernel's bandwidth, on standardised coordinates."""
+    initial_cutoff: float = -3.0
+    """MEGA/RANDOM: the starting (and highest) Q cutoff."""
+    cutoff_window: int = 10
+    """MEGA/RANDOM: curriculum episodes between cutoff moves."""
+    cutoff_success: list[float] = field(default_factory=lambda: [0.3, 0.7])
+    """MEGA/RANDOM: success rates at or below / at or above which the cutoff goes up / down by 1."""
+    achieved_capacity: int = 1_000_000
+    """MEGA/RANDOM: achieved goals kept (a ring; the replay buffer's size in the code)."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -86,6 +115,13 @@ class CurriculumConfig:
         require(self, "beta", self.beta >= 0, ">= 0", sec)
         require(self, "validity_weight", self.validity_weight >= 0, ">= 0", sec)
         require(self, "svm_nu", 0 < self.svm_nu <= 1, "in (0, 1]", sec)
+        for key in ("mega_candidates", "kde_samples", "cutoff_window", "achieved_capacity"):
+            require(self, key, getattr(self, key) >= 1, ">= 1", sec)
+        require(self, "kde_bandwidth", self.kde_bandwidth > 0, "> 0", sec)
+        require(self, "initial_cutoff", self.initial_cutoff <= 0, "<= 0 (a value of a -1/0 reward)", sec)
+        low, high = (self.cutoff_success + [math.nan, math.nan])[:2]
+        require(self, "cutoff_success", len(self.cutoff_success) == 2 and 0 <= low <= high <= 1,
+                "two success rates [low, high] with 0 <= low <= high <= 1", sec)
 
 
 # ------------------------------------------------------------------------------------------------ SVGD
@@ -245,7 +281,15 @@ class Curriculum:
                                   "(the rl_energy/PointMaze-* envs)")
         self.goal_space = goal_space
 
-    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+    needs_values = False
+    """Whether the curriculum needs the agent's values (:meth:`bind_values`)."""
+    metric_names: tuple[str, ...] = ("goal_success",)
+
+    def bind_values(self, q_fn: QFunction, gamma: float, episode_length: int) -> None:
+        """Give the curriculum the agent's goal values (MEGA's Q cutoff)."""
+
+    def sample_goal(self, rng: np.random.Generator, start: np.ndarray | None = None) -> np.ndarray:
+        """The goal of an episode that starts at ``start`` (the goal space's coordinates)."""
         raise NotImplementedError
 
     def record_episode(self, start: np.ndarray, goal: np.ndarray, success: bool, achieved: np.ndarray) -> None:
@@ -274,7 +318,7 @@ class UniformBox(Curriculum):
 
     name = "uniform_box"
 
-    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+    def sample_goal(self, rng: np.random.Generator, start: np.ndarray | None = None) -> np.ndarray:
         return self.goal_space.sample_box(1, rng)[0]
 
 
@@ -283,7 +327,7 @@ class UniformValid(Curriculum):
 
     name = "uniform_valid"
 
-    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+    def sample_goal(self, rng: np.random.Generator, start: np.ndarray | None = None) -> np.ndarray:
         return self.goal_space.sample_valid(1, rng)[0]
 
 
@@ -309,7 +353,7 @@ class SVGG(Curriculum):
         self.snapshots: list[tuple[int, torch.Tensor]] = []
         """``(env step, particles)`` every ``snapshot_every`` steps."""
 
-    def sample_goal(self, rng: np.random.Generator) -> np.ndarray:
+    def sample_goal(self, rng: np.random.Generator, start: np.ndarray | None = None) -> np.ndarray:
         x = self.particles.x.detach()
         return x[int(rng.integers(len(x)))].numpy().astype(np.float64)
 
@@ -389,12 +433,205 @@ class SVGG(Curriculum):
             self._fit_validity()
 
 
+def kde_log_density(points: np.ndarray, samples: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Log density of ``points [m, d]`` under the Gaussian KDE of ``samples [n, d]`` with ``bandwidth``
+    (exact: every pair)."""
+    x, y = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(samples, dtype=torch.float64)
+    d2 = torch.cdist(x, y).square()
+    n, d = y.shape
+    log_norm = math.log(n) + d * math.log(bandwidth * math.sqrt(2 * math.pi))
+    return (torch.logsumexp(-d2 / (2 * bandwidth**2), dim=1) - log_norm).numpy()
+
+
+class BinnedKDE:
+    """A 2-D Gaussian KDE on a grid: the samples are binned with a spacing of ``bandwidth / bins_per_bw``
+    (linear binning), the histogram is smoothed by the Gaussian kernel (``scipy.ndimage``), and points read
+    the density by bilinear interpolation. One fit costs about a millisecond and a query is nearly free,
+    where the exact sum over 10k samples costs ~15 ms per 100 points on one core. Points whose binned
+    density is below ``exact_below`` (the tails, where binning's relative error grows and the Gaussian's
+    truncation at 5 bandwidths gives 0) get the exact sum, so the lowest-density point is ranked right; a
+    test checks the two agree (MEGA's KDE, ``mrl``'s ``RawKernelDensity``)."""
+
+    def __init__(self, samples: np.ndarray, bandwidth: float, bins_per_bw: int = 4) -> None:
+        from scipy.ndimage import gaussian_filter
+
+        samples = np.asarray(samples, dtype=np.float64)
+        self.step = bandwidth / bins_per_bw
+        self.origin = samples.min(0) - 5 * bandwidth
+        shape = np.ceil((samples.max(0) + 5 * bandwidth - self.origin) / self.step).astype(int) + 2
+        u = (samples - self.origin) / self.step
+        i0 = np.floor(u).astype(int)
+        frac = u - i0
+        hist = np.zeros(shape)
+        for dx in (0, 1):  # linear binning: each sample split over its 4 nearest grid nodes
+            for dy in (0, 1):
+                w = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+                np.add.at(hist, (i0[:, 0] + dx, i0[:, 1] + dy), w)
+        smooth = gaussian_filter(hist, sigma=bins_per_bw, mode="constant", truncate=5.0)
+        # the filter's kernel sums to 1 over the grid: divide by n and the cell area for a density
+        self.density = smooth / (len(samples) * self.step**2)
+        self.samples, self.bandwidth = samples, bandwidth
+        self.exact_below = 1e-3
+
+    def log_density(self, points: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import map_coordinates
+
+        u = ((np.asarray(points, dtype=np.float64) - self.origin) / self.step).T
+        value = map_coordinates(self.density, u, order=1, mode="constant", cval=0.0)
+        out = np.log(np.maximum(value, 1e-300))
+        tail = value < self.exact_below
+        if tail.any():
+            out[tail] = kde_log_density(np.asarray(points)[tail], self.samples, self.bandwidth)
+        return out
+
+
+class AchievedGoalCurriculum(Curriculum):
+    """Goals among past achieved goals that pass MEGA's Q cutoff (module docstring); :meth:`score` ranks
+    the candidates that pass (lowest first)."""
+
+    needs_values = True
+    metric_names = ("goal_success", "goal_cutoff", "goal_pass")
+
+    def __init__(self, config: CurriculumConfig, goal_space: Any = None) -> None:
+        super().__init__(config, goal_space)
+        self.store = np.zeros((min(config.achieved_capacity, 1024), 2), dtype=np.float32)
+        self.count = 0
+        """Achieved goals stored so far (the ring holds the last ``achieved_capacity``)."""
+        self.q_fn: QFunction | None = None
+        self.cutoff = self.min_cutoff = config.initial_cutoff
+        self.min_min_cutoff = -math.inf
+        self.recent: deque[float] = deque(maxlen=config.cutoff_window)
+        self.chosen: deque[np.ndarray] = deque(maxlen=100)
+        self.snapshots: list[tuple[int, torch.Tensor]] = []
+        self.passed: deque[float] = deque(maxlen=1000)
+        """Fraction of the candidates that passed the cutoff, at each recent reset."""
+
+    def bind_values(self, q_fn: QFunction, gamma: float, episode_length: int) -> None:
+        self.q_fn = q_fn
+        r = min(gamma, 0.99)  # mrl's floor on the cutoff: the value of a goal 80 % of an episode away
+        self.min_min_cutoff = -(1 - r ** (episode_length * 0.8)) / (1 - r) if r < 1 else -0.8 * episode_length
+        self.min_cutoff = max(self.config.initial_cutoff, self.min_min_cutoff)
+        self.cutoff = max(self.cutoff, self.min_min_cutoff)
+
+    def update_cutoff(self, q_values: np.ndarray) -> None:
+        """mrl's dynamic cutoff: after ``cutoff_window`` curriculum episodes, down by 1 at a success rate
+        ≥ the high threshold, up by 1 at ≤ the low one (between ``min_cutoff`` and ``initial_cutoff``)."""
+        c = self.config
+        if len(self.recent) < c.cutoff_window:
+            return
+        self.min_cutoff = max(self.min_min_cutoff, min(float(np.min(q_values)), self.min_cutoff))
+        rate = float(np.mean(self.recent))
+        if rate >= c.cutoff_success[1]:
+            self.cutoff = max(self.min_cutoff, self.cutoff - 1.0)
+            self.recent.clear()
+        elif rate <= c.cutoff_success[0]:
+            self.cutoff = max(min(c.initial_cutoff, self.cutoff + 1.0), self.min_min_cutoff)
+            self.recent.clear()
+
+    def score(self, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rank of each candidate, lower is pursued first."""
+        raise NotImplementedError
+
+    def sample_goal(self, rng: np.random.Generator, start: np.ndarray | None = None) -> np.ndarray:
+        if self.count == 0 or self.q_fn is None or start is None:
+            return np.zeros(2) if start is None else np.asarray(start, dtype=np.float64)  # nothing achieved yet
+        held = min(self.count, len(self.store))
+        candidates = self.store[self.rng.integers(held, size=self.config.mega_candidates)].astype(np.float64)
+        q = np.asarray(self.q_fn(np.asarray(start, dtype=np.float32), candidates.astype(np.float32)), dtype=np.float64)
+        self.update_cutoff(q)
+        ok = q >= self.cutoff
+        self.passed.append(float(ok.mean()))
+        if ok.any():
+            scores = np.where(ok, self.score(candidates, self.rng), np.inf)
+            goal = candidates[int(np.argmin(scores))]
+        else:  # mrl: bad candidates score −1e-8·Q, so the highest-valued one
+            goal = candidates[int(np.argmax(q))]
+        self.chosen.append(goal.astype(np.float32))
+        return goal
+
+    def record_episode(self, start: np.ndarray, goal: np.ndarray, success: bool, achieved: np.ndarray) -> None:
+        super().record_episode(start, goal, success, achieved)
+        self.recent.append(float(success))
+        achieved = np.asarray(achieved, dtype=np.float32).reshape(-1, 2)
+        cap = self.config.achieved_capacity
+        if self.count + len(achieved) > len(self.store) and len(self.store) < cap:  # grow the ring to its capacity
+            grown = np.zeros((min(cap, max(2 * len(self.store), self.count + len(achieved))), 2), dtype=np.float32)
+            grown[: len(self.store)] = self.store
+            self.store = grown
+        rows = (self.count + np.arange(len(achieved))) % len(self.store)
+        self.store[rows] = achieved
+        self.count += len(achieved)
+
+    def on_step(self) -> None:
+        super().on_step()
+        c = self.config
+        if c.snapshot_every and self.steps % c.snapshot_every == 0 and self.chosen:
+            self.snapshots.append((self.steps, torch.as_tensor(np.stack(self.chosen))))
+
+    def metrics(self) -> dict[str, float]:
+        out = super().metrics()
+        if self.q_fn is not None:
+            out["goal_cutoff"] = self.cutoff
+        if self.passed:
+            out["goal_pass"] = float(np.mean(self.passed))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        held = min(self.count, len(self.store))
+        return {**super().state_dict(), "store": torch.as_tensor(self.store[:held].copy()), "count": self.count,
+                "cutoff": self.cutoff, "min_cutoff": self.min_cutoff, "recent": list(self.recent),
+                "snapshot_steps": torch.tensor([t for t, _ in self.snapshots], dtype=torch.long),
+                "snapshots": [x for _, x in self.snapshots]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        held = state["store"].numpy()
+        self.store = np.zeros((max(len(held), 1024) if len(held) < self.config.achieved_capacity else len(held), 2),
+                              dtype=np.float32)
+        self.store[: len(held)] = held
+        self.count = int(state["count"])
+        self.cutoff, self.min_cutoff = float(state["cutoff"]), float(state["min_cutoff"])
+        self.recent = deque(state["recent"], maxlen=self.config.cutoff_window)
+        self.snapshots = list(zip(state["snapshot_steps"].tolist(), state["snapshots"], strict=True))
+
+
+class MEGA(AchievedGoalCurriculum):
+    """MEGA: the lowest-density achieved goal that passes the Q cutoff (module docstring)."""
+
+    name = "mega"
+
+    def __init__(self, config: CurriculumConfig, goal_space: Any = None) -> None:
+        super().__init__(config, goal_space)
+        self._kde: tuple[int, BinnedKDE, np.ndarray, np.ndarray] | None = None
+
+    def score(self, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        if self._kde is None or self._kde[0] != self.steps:  # one fit serves every reset of an env step
+            held = self.store[: min(self.count, len(self.store))]
+            sample = held[rng.integers(len(held), size=c.kde_samples)].astype(np.float64)
+            mean, std = sample.mean(0), sample.std(0) + 1e-4  # mrl standardises the KDE's samples
+            self._kde = (self.steps, BinnedKDE((sample - mean) / std, c.kde_bandwidth), mean, std)
+        _, kde, mean, std = self._kde
+        return kde.log_density((candidates - mean) / std)
+
+
+class RandomAchieved(AchievedGoalCurriculum):
+    """RANDOM: a uniform choice among the achieved goals that pass the Q cutoff."""
+
+    name = "random"
+
+    def score(self, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.random(len(candidates))
+
+
 def make_curriculum(config: CurriculumConfig, goal_space: Any = None) -> Curriculum | None:
     """The curriculum named by ``config.name`` (None for ``none``); :meth:`Curriculum.bind` gives it its
     goal space (the trainer binds it to the first training env)."""
     if config.name == "none":
         return None
-    curriculum = {"uniform_box": UniformBox, "uniform_valid": UniformValid, "svgg": SVGG}[config.name](config)
+    kinds = {"uniform_box": UniformBox, "uniform_valid": UniformValid, "svgg": SVGG, "mega": MEGA,
+             "random": RandomAchieved}
+    curriculum = kinds[config.name](config)
     if goal_space is not None:
         curriculum.bind(goal_space)
     return curriculum

@@ -177,7 +177,7 @@ class GoalExtension(StepExtension):
         self.eval_seed = cfg.train.eval_seed
         self.last_coverage: float | None = None
         self._envs: list[gym.Env] = []
-        self.columns = ("success_coverage",) + (("goal_success",) if self.curriculum is not None else ())
+        self.columns = ("success_coverage",) + (self.curriculum.metric_names if self.curriculum is not None else ())
 
     @classmethod
     def for_run(cls, cfg: RunConfig, env: gym.Env, training: bool) -> GoalExtension | None:
@@ -207,6 +207,24 @@ class GoalExtension(StepExtension):
         self.episode_length = sub.spec.max_episode_steps or 50
         if self.curriculum is not None:
             self.curriculum.bind(self.goal_env)
+
+    def bind_agent(self, agent: Agent) -> None:
+        """Give a curriculum that ranks goals by value (MEGA, RANDOM) the agent's ``Q(s0, g)``."""
+        if self.curriculum is None or not self.curriculum.needs_values:
+            return
+        if not hasattr(agent, "value"):
+            raise ConfigError(f"curriculum '{self.curriculum.name}' ranks goals by the agent's critic value: "
+                              "use --agent ddpg or sac")
+        layout = GoalLayout.of(self.goal_env.observation_space)
+
+        @torch.inference_mode()
+        def q_fn(start: np.ndarray, goals: np.ndarray) -> np.ndarray:
+            n = len(goals)  # the point mazes: observation = achieved goal = position
+            here = np.broadcast_to(start, (n, len(start)))
+            obs = layout.flatten({"observation": here, "achieved_goal": here, "desired_goal": goals})
+            return agent.value(torch.as_tensor(obs, device=agent.device)).cpu().numpy()
+
+        self.curriculum.bind_values(q_fn, float(agent.config.gamma), self.episode_length)
 
     def make_buffer(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], action_dim: int,
                     device: Any, seed: int) -> ReplayBuffer | None:

@@ -12,12 +12,16 @@ from rl_energy.buffers import HERReplayBuffer
 from rl_energy.checkpoint import load_checkpoint
 from rl_energy.config import ConfigError, resolve_config
 from rl_energy.curricula import (
+    MEGA,
     SVGG,
+    BinnedKDE,
     CurriculumConfig,
+    RandomAchieved,
     SuccessPredictor,
     SVGDParticles,
     ValidityModel,
     beta_density,
+    kde_log_density,
     make_curriculum,
 )
 from rl_energy.envs.point_maze import Maze, PointMazeEnv
@@ -25,7 +29,9 @@ from rl_energy.goals import GoalLayout
 from rl_energy.registry import get_agent
 from rl_energy.trainer import Trainer
 
-MAZE_IDS = ["rl_energy/PointMaze-Open-v0", "rl_energy/PointMaze-UMaze-v0", "rl_energy/PointMaze-MultiRoom-v0"]
+MAZE_IDS = ["rl_energy/PointMaze-Open-v0", "rl_energy/PointMaze-UMaze-v0", "rl_energy/PointMaze-MultiRoom-v0",
+            "rl_energy/PointMaze-SquarePBCS0-v0", "rl_energy/PointMaze-SquarePBCS1-v0", "rl_energy/PointMaze-Snail-v0",
+            "rl_energy/PointMaze-Snake-v0"]
 
 
 # ----------------------------------------------------------------------------------------------- envs
@@ -64,6 +70,40 @@ def test_maze_geometry_motion_and_vectorised_reward():
     assert goals.shape == (44 * 3, 2) and Maze("multiroom").is_valid(goals).all()
     box = Maze("multiroom").sample_box(5000, np.random.default_rng(0))
     assert 0.26 < 1 - Maze("multiroom").is_valid(box).mean() < 0.36  # 20 of 64 cells are walls
+
+
+def test_thin_wall_mazes_block_at_walls_pass_through_passages_and_reach_every_cell():
+    snake = Maze("snake")  # row y = 0 is open along x; its only way up is at x = 4
+    assert snake.thin and snake.free.all() and snake.free.shape == (5, 5)
+    np.testing.assert_allclose(snake.move(np.array([[0.0, 0.3]]), np.array([[0.0, 0.9]])), [[0.0, 0.5 - 1e-6]])
+    np.testing.assert_allclose(snake.move(np.array([[4.0, 0.3]]), np.array([[0.0, 0.9]])), [[4.0, 1.2]])
+    np.testing.assert_allclose(snake.move(np.array([[0.0, 0.0]]), np.array([[0.9, 0.0]])), [[0.9, 0.0]])
+    pbcs1 = Maze("square_pbcs_1")  # the start cell's only passage is up
+    np.testing.assert_allclose(pbcs1.move(np.array([[0.2, 0.0]]), np.array([[0.9, 0.0]])), [[0.5 - 1e-6, 0.0]])
+    np.testing.assert_allclose(pbcs1.move(np.array([[0.0, 0.2]]), np.array([[0.0, 0.9]])), [[0.0, 1.1]])
+    for name in ("square_pbcs_0", "square_pbcs_1", "snail", "snake", "square_pbcs_1_changed", "multiroom", "umaze"):
+        maze = Maze(name)
+        assert maze.reachable()[maze.free].all(), name  # every free cell can be reached from the start
+        # the vectorised and the scalar motion agree exactly, and keep the point inside the maze
+        rng = np.random.default_rng(1)
+        pos = maze.sample_valid(500, rng)
+        for _ in range(20):
+            action = rng.uniform(-0.95, 0.95, size=(500, 2))
+            new = maze.move(pos, action)
+            np.testing.assert_array_equal(new, [maze.move_one(*p, *a) for p, a in zip(pos, action, strict=True)])
+            assert maze.is_valid(new).all()
+            pos = new
+    # the recovery change: one passage closes (x 3: y 2 | y 1) and one opens (x 0: y 2 | y 3), nothing else
+    changed = Maze("square_pbcs_1_changed")
+    assert (changed.wall_x == pbcs1.wall_x).all()
+    assert sorted(map(tuple, np.argwhere(changed.wall_y != pbcs1.wall_y))) == [(2, 3), (3, 0)]
+    assert changed.wall_y[2, 3] and not changed.wall_y[3, 0]
+    # 5 x 5 mazes span [-0.5, 4.5]^2 from the start cell (0, 0), as in the SVGG code
+    np.testing.assert_allclose([pbcs1.low, pbcs1.high], [[-0.5, -0.5], [4.5, 4.5]])
+    with pytest.raises(ValueError, match="2R\\+1"):
+        Maze(["+-+", "|S|"])
+    with pytest.raises(ValueError, match="one start cell"):
+        Maze(["+-+-+", "| | |", "+-+-+"])
 
 
 def test_maze_switch_during_training():
@@ -190,6 +230,122 @@ def test_svgg_target_density_prefers_intermediate_difficulty():
     assert float(log_valid[2]) < -1.0  # off the map
 
 
+# ----------------------------------------------------------------------------------------- MEGA, RANDOM
+def _achieved_goal_curriculum(kind, q_of_goal, candidates=6):
+    cfg = CurriculumConfig(name=kind, mega_candidates=candidates, kde_samples=4000)
+    curriculum = make_curriculum(cfg, PointMazeEnv("open"))
+    curriculum.bind_values(lambda start, goals: q_of_goal(goals), gamma=0.98, episode_length=30)
+    return curriculum
+
+
+def test_mega_picks_the_lowest_density_candidate_that_passes_the_q_cutoff():
+    # a hand-built buffer: 1000 achieved goals piled near (0, 0), 100 near (2, 0), and single goals at (4, 0)
+    # (the rarest, but valued below the cutoff) and at (3, 3) (rare and valued above it)
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0.0, 0.05, size=(1000, 2))
+    medium = np.array([2.0, 0.0]) + rng.normal(0.0, 0.05, size=(100, 2))
+    far_bad, far_ok = np.array([[4.0, 0.0]]), np.array([[3.0, 3.0]])
+    q = {(4.0, 0.0): -10.0, (3.0, 3.0): -2.0}  # Q(s0, g): (4, 0) fails the cutoff of -3
+
+    def q_of_goal(goals):
+        return np.array([q.get((round(float(x), 3), round(float(y), 3)), -1.0) for x, y in goals])
+
+    mega = _achieved_goal_curriculum("mega", q_of_goal)
+    assert isinstance(mega, MEGA) and mega.cutoff == -3.0
+    mega.record_episode(np.zeros(2), np.zeros(2), False, np.concatenate([dense, medium, far_bad, far_ok]))
+    # the candidates: fix the draw to two dense goals, one medium, and both rare ones
+    picks = np.array([0, 1, 1000, 1100, 1101, 2])
+    mega.rng = type("FixedDraw", (), {"integers": lambda self, n, size: picks,
+                                      "random": np.random.default_rng(0).random})()
+    candidates = mega.store[picks].astype(np.float64)
+    goal = mega.sample_goal(np.random.default_rng(0), np.zeros(2))
+    np.testing.assert_array_equal(goal, [3.0, 3.0])  # the rarest that passes, not (4, 0)
+    # and it is the exact KDE's argmin among the candidates that pass (bandwidth 0.1, standardised)
+    held = mega.store[: mega.count].astype(np.float64)
+    mean, std = held.mean(0), held.std(0) + 1e-4
+    exact = kde_log_density((candidates - mean) / std, (held - mean) / std, 0.1)
+    passing = q_of_goal(candidates) >= -3.0
+    assert np.argmin(np.where(passing, exact, np.inf)) == 4
+    # without (3, 3) among the candidates, the medium goal beats the dense ones
+    picks[:] = [0, 1, 1000, 1100, 2, 3]
+    np.testing.assert_allclose(mega.sample_goal(np.random.default_rng(0), np.zeros(2)), mega.store[1000])
+    # if no candidate passes, the highest-valued one is pursued (mrl's fallback)
+    picks[:] = [1100] * 6
+    np.testing.assert_array_equal(mega.sample_goal(np.random.default_rng(0), np.zeros(2)), [4.0, 0.0])
+
+
+def test_mega_cutoff_moves_by_one_every_ten_episodes_within_its_bounds():
+    mega = _achieved_goal_curriculum("mega", lambda goals: np.full(len(goals), -8.0))
+    r = 0.98
+    assert mega.min_min_cutoff == pytest.approx(-(1 - r**24) / (1 - r))  # -19.2: a goal 24 steps away
+    mega.record_episode(np.zeros(2), np.zeros(2), True, np.zeros((5, 2)))
+    start = np.zeros(2)
+
+    def episodes(success, n):
+        for _ in range(n):
+            mega.record_episode(start, np.zeros(2), success, np.zeros((1, 2)))
+
+    episodes(True, 8)  # 9 episodes so far: the window is not full, nothing moves
+    mega.sample_goal(np.random.default_rng(0), start)
+    assert mega.cutoff == -3.0
+    episodes(True, 1)  # 10 successes: down by 1, never below the lowest candidate value seen (-8)
+    mega.sample_goal(np.random.default_rng(0), start)
+    assert mega.cutoff == -4.0 and mega.min_cutoff == -8.0 and len(mega.recent) == 0
+    for expected in (-5.0, -6.0, -7.0, -8.0, -8.0):  # ... and stops at min_cutoff
+        episodes(True, 10)
+        mega.sample_goal(np.random.default_rng(0), start)
+        assert mega.cutoff == expected
+    episodes(False, 10)  # 10 failures: up by 1
+    mega.sample_goal(np.random.default_rng(0), start)
+    assert mega.cutoff == -7.0
+    episodes(True, 5)
+    episodes(False, 5)  # 0.5: between the thresholds, no move (and the window is kept)
+    mega.sample_goal(np.random.default_rng(0), start)
+    assert mega.cutoff == -7.0 and len(mega.recent) == 10
+    for _ in range(6):  # at most the initial cutoff
+        episodes(False, 10)
+        mega.sample_goal(np.random.default_rng(0), start)
+    assert mega.cutoff == -3.0
+    assert mega.metrics()["goal_cutoff"] == -3.0
+
+
+def test_random_achieved_picks_uniformly_among_the_candidates_that_pass():
+    rng = np.random.default_rng(0)
+    achieved = rng.uniform(0, 4, size=(2000, 2))
+    rand = _achieved_goal_curriculum("random", lambda goals: np.where(goals[:, 0] < 2.0, -1.0, -5.0), 100)
+    assert isinstance(rand, RandomAchieved)
+    rand.record_episode(np.zeros(2), np.zeros(2), False, achieved)
+    goals = np.array([rand.sample_goal(rng, np.zeros(2)) for _ in range(400)])
+    assert (goals[:, 0] < 2.0).all()  # only goals that pass the cutoff
+    assert 0.3 < goals[:, 1].mean() / 4 < 0.7 and goals[:, 0].std() > 0.4  # spread over them, not the rarest
+
+
+def test_binned_kde_matches_the_exact_kde():
+    rng = np.random.default_rng(0)
+    samples = np.concatenate([rng.normal(size=(8000, 2)), 0.2 * rng.normal(size=(2000, 2)) + 2.0])
+    points = np.concatenate([1.3 * rng.normal(size=(300, 2)), rng.uniform(-5, 5, size=(30, 2))])
+    binned = BinnedKDE(samples, 0.1).log_density(points)
+    exact = kde_log_density(points, samples, 0.1)
+    np.testing.assert_allclose(binned, exact, atol=0.05)
+    assert np.argmin(binned) == np.argmin(exact) and np.argmax(binned) == np.argmax(exact)
+
+
+def test_mega_state_survives_a_checkpoint():
+    mega = _achieved_goal_curriculum("mega", lambda goals: np.full(len(goals), -1.0))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mega.record_episode(np.zeros(2), np.zeros(2), True, rng.uniform(0, 4, size=(31, 2)))
+    mega.sample_goal(rng, np.zeros(2))
+    state = mega.state_dict()
+    again = _achieved_goal_curriculum("mega", lambda goals: np.full(len(goals), -1.0))
+    again.load_state_dict(state)
+    assert again.count == mega.count == 50 * 31 and again.cutoff == mega.cutoff
+    np.testing.assert_array_equal(again.store[: again.count], mega.store[: mega.count])
+    mega._kde = None  # the KDE fit is a per-step cache, not state: both refit it from the same generator
+    np.testing.assert_array_equal(again.sample_goal(np.random.default_rng(3), np.zeros(2)),
+                                  mega.sample_goal(np.random.default_rng(3), np.zeros(2)))
+
+
 # ------------------------------------------------------------------------------------------ trainer
 def test_curriculum_runs_in_the_trainer_logs_coverage_and_resumes(tmp_path):
     overrides = ["train.total_steps=2400", "train.learning_starts=300", "train.eval_every=1200", "train.log_every=600",
@@ -216,7 +372,12 @@ def test_curriculum_runs_in_the_trainer_logs_coverage_and_resumes(tmp_path):
 def test_curriculum_errors():
     with pytest.raises(ConfigError, match="curriculum.name"):
         resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls,
-                       overrides=["curriculum.name=mega"])
+                       overrides=["curriculum.name=goalgan"])
+    for bad in ("curriculum.kde_bandwidth=0", "curriculum.mega_candidates=0", "curriculum.initial_cutoff=2",
+                "curriculum.cutoff_success=[0.8,0.2]", "curriculum.cutoff_success=[0.3]",
+                "curriculum.achieved_capacity=-1", "curriculum.cutoff_window=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls, overrides=[bad])
     cfg = resolve_config("ddpg", "Pendulum-v1", get_agent("ddpg").config_cls, overrides=["curriculum.name=svgg"])
     with pytest.raises(ConfigError, match="curriculum.name.* applies to goal envs"):
         Trainer(cfg, "/tmp/never-written", verbose=False)
@@ -232,3 +393,49 @@ def test_goal_conditioned_sac_and_ddpg_learn_the_umaze_with_her(tmp_path):
         assert trainer.envs.single_observation_space.shape == (6,)
         trainer.train()
         assert trainer.extensions['goals'].last_coverage > 0.6, agent
+
+
+def test_mega_and_random_run_in_the_trainer_with_the_agents_values_and_resume(tmp_path):
+    overrides = ["train.total_steps=1600", "train.learning_starts=320", "train.eval_every=800", "train.log_every=400",
+                 "train.checkpoint_every=800", "train.batch_size=64", "agent.hidden=[32,32]", "train.num_envs=4",
+                 "curriculum.name=mega", "curriculum.kde_samples=500"]
+    cfg = resolve_config("ddpg", "rl_energy/PointMaze-SquarePBCS1-v0", get_agent("ddpg").config_cls,
+                         overrides=overrides)
+    trainer = Trainer(cfg, tmp_path / "run", verbose=False)
+    mega = trainer.extensions["goals"].curriculum
+    assert isinstance(mega, MEGA) and mega.q_fn is not None
+    # the value the curriculum reads is the agent's critic at its own action, at the start with the goal
+    start, goals = np.zeros(2, dtype=np.float32), np.array([[1.0, 2.0], [3.0, 0.5]], dtype=np.float32)
+    obs = torch.as_tensor(np.concatenate([np.zeros((2, 4), dtype=np.float32), goals], 1))
+    agent = trainer.agent
+    with torch.no_grad():
+        expected = agent.critic(torch.cat([obs, agent.actor(obs)], -1))[0, :, 0].numpy()
+    np.testing.assert_allclose(mega.q_fn(start, goals), expected, rtol=1e-6)
+    trainer.train()
+    header = (tmp_path / "run" / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"goal_cutoff", "goal_pass", "success_coverage"} <= set(header)
+    assert mega.count == 4 * (400 // 30) * 31  # the achieved goals of every ended episode: 31 per 30 steps
+    cfg.train.total_steps = 2000
+    resumed = Trainer(cfg, tmp_path / "run", resume=True, verbose=False)
+    again = resumed.extensions["goals"].curriculum
+    assert again.count == mega.count and again.cutoff == mega.cutoff and again.q_fn is not None
+    resumed.train()
+    assert resumed.step == 2000
+    # RANDOM with SAC's values (the min of its twin critics at the mean action)
+    cfg = resolve_config("sac", "rl_energy/PointMaze-Snake-v0", get_agent("sac").config_cls,
+                         overrides=overrides[:-2] + ["curriculum.name=random", "train.total_steps=800"])
+    trainer = Trainer(cfg, tmp_path / "sac", verbose=False)
+    trainer.train()
+    assert isinstance(trainer.extensions["goals"].curriculum, RandomAchieved)
+    assert trainer.extensions["goals"].curriculum.count > 0
+
+
+def test_value_curricula_need_an_agent_with_a_critic_value():
+    from rl_energy.goals import GoalExtension
+
+    cfg = resolve_config("ddpg", "rl_energy/PointMaze-Snake-v0", get_agent("ddpg").config_cls,
+                         overrides=["curriculum.name=mega"])
+    ext = GoalExtension(cfg, training=True)
+    ext.goal_env = PointMazeEnv("snake")
+    with pytest.raises(ConfigError, match="critic value: use --agent ddpg or sac"):
+        ext.bind_agent(object())

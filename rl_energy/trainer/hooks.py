@@ -39,6 +39,9 @@ class StepExtension:
     def bind(self, envs: gym.vector.VectorEnv) -> None:
         """Called once with the training vector env."""
 
+    def bind_agent(self, agent: Agent) -> None:
+        """Called once with the agent, after :meth:`bind`."""
+
     def make_buffer(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], action_dim: int,
                     device: Any, seed: int) -> ReplayBuffer | None:
         """A replay buffer to use instead of the plain one, or None."""

@@ -59,6 +59,8 @@ class Trainer(RunLoop, mode="steps"):
         self.eval_envs = make_vector_env(cfg.env_id, t.eval_episodes, cfg.env_kwargs,
                                          _wrappers(self.extensions, False))
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.single_action_space, self.device)
+        for ext in self.extensions.values():
+            ext.bind_agent(self.agent)
         self.action_dim = self.agent.action_dim
         obs_shape = self.envs.single_observation_space.shape
         buffers = [b for ext in self.extensions.values()
