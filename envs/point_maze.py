@@ -329,6 +329,11 @@ class PointMazeEnv(gym.Env):
         """Draws the goal of each new episode from ``(rng, start position)`` (set by a curriculum); None:
         uniform over free cells."""
         self.set_maze(maze)
+        if switch_maze_at:
+            other = Maze(switch_to)
+            if (other.low != self.maze.low).any() or (other.high != self.maze.high).any():
+                raise ValueError(f"switch_to: maze {switch_to!r} does not span the bounding box of "
+                                 f"{self.maze.name!r} (the switch keeps the spaces)")
         self.action_space = gym.spaces.Box(-max_action, max_action, shape=(2,), dtype=np.float32)
         self.pos = np.zeros(2)
         self.goal = np.zeros(2)

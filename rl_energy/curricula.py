@@ -115,10 +115,12 @@ class CurriculumConfig:
         require(self, "beta", self.beta >= 0, ">= 0", sec)
         require(self, "validity_weight", self.validity_weight >= 0, ">= 0", sec)
         require(self, "svm_nu", 0 < self.svm_nu <= 1, "in (0, 1]", sec)
-        for key in ("mega_candidates", "kde_samples", "cutoff_window", "achieved_capacity"):
-            require(self, key, getattr(self, key) >= 1, ">= 1", sec)
+        for key, most in (("mega_candidates", 100_000), ("kde_samples", 1_000_000), ("cutoff_window", 100_000),
+                          ("achieved_capacity", 100_000_000)):
+            require(self, key, 1 <= getattr(self, key) <= most, f"in [1, {most:,}]", sec)
         require(self, "kde_bandwidth", self.kde_bandwidth > 0, "> 0", sec)
-        require(self, "initial_cutoff", self.initial_cutoff <= 0, "<= 0 (a value of a -1/0 reward)", sec)
+        require(self, "initial_cutoff", -1e6 <= self.initial_cutoff <= 0, "in [-1e6, 0] (a value of a -1/0 reward)",
+                sec)
         low, high = (self.cutoff_success + [math.nan, math.nan])[:2]
         require(self, "cutoff_success", len(self.cutoff_success) == 2 and 0 <= low <= high <= 1,
                 "two success rates [low, high] with 0 <= low <= high <= 1", sec)
@@ -453,8 +455,7 @@ class BinnedKDE:
     test checks the two agree (MEGA's KDE, ``mrl``'s ``RawKernelDensity``)."""
 
     def __init__(self, samples: np.ndarray, bandwidth: float, bins_per_bw: int = 4) -> None:
-        from scipy.ndimage import gaussian_filter
-
+        gaussian_filter = import_optional("scipy.ndimage", "MEGA's density model").gaussian_filter
         samples = np.asarray(samples, dtype=np.float64)
         self.step = bandwidth / bins_per_bw
         self.origin = samples.min(0) - 5 * bandwidth
@@ -474,8 +475,7 @@ class BinnedKDE:
         self.exact_below = 1e-3
 
     def log_density(self, points: np.ndarray) -> np.ndarray:
-        from scipy.ndimage import map_coordinates
-
+        map_coordinates = import_optional("scipy.ndimage", "MEGA's density model").map_coordinates
         u = ((np.asarray(points, dtype=np.float64) - self.origin) / self.step).T
         value = map_coordinates(self.density, u, order=1, mode="constant", cval=0.0)
         out = np.log(np.maximum(value, 1e-300))
@@ -602,6 +602,7 @@ class MEGA(AchievedGoalCurriculum):
 
     def __init__(self, config: CurriculumConfig, goal_space: Any = None) -> None:
         super().__init__(config, goal_space)
+        import_optional("scipy.ndimage", "MEGA's density model")  # fail at the start of a run, not mid-way
         self._kde: tuple[int, BinnedKDE, np.ndarray, np.ndarray] | None = None
 
     def score(self, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:

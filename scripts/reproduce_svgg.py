@@ -163,6 +163,74 @@ def report(results: dict, args: argparse.Namespace) -> tuple[list[str], dict]:
     return lines, headline
 
 
+def calibration(run_dir: Path, maze_name: str, seeds: int = 4) -> dict:
+    """SVGG's success predictor against the trained policy at the run's last checkpoint: ``D(s0, g)`` over the
+    coverage goals (10 per cell) beside the deterministic policy's success rate there (``seeds`` starts per
+    goal), in bins of ``D``; and ``D`` and the realised success at the final particles. (The predictor learns
+    the exploring policy's success on its own goals; the deterministic policy is the evaluated one.)"""
+    import torch
+
+    from rl_energy.checkpoint import load_checkpoint
+    from rl_energy.curricula import SuccessPredictor
+    from rl_energy.envs.point_maze import PointMazeEnv
+    from rl_energy.goals import success_coverage
+    from rl_energy.trainer.steps import load_trained_agent
+
+    agent, cfg, envs, step = load_trained_agent(run_dir, torch.device("cpu"))
+    envs.close()
+    state, _ = load_checkpoint(run_dir / "checkpoints", with_buffer=False)
+    cur = state["extensions"]["goals"]["curriculum"]
+    d = int(cur["start_dim"])
+    predictor = SuccessPredictor(d + 2, cfg.curriculum.predictor_hidden)
+    predictor.load_state_dict(cur["predictor"])
+    start = cur["history"].numpy()[:, :d].mean(0)
+    env = PointMazeEnv(maze_name)
+    goals = env.maze.coverage_goals(10, seed=cfg.train.eval_seed)
+    particles = cur["particles"].numpy().astype(np.float64)
+
+    def predicted(g: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(np.concatenate([np.broadcast_to(start, (len(g), d)), g], 1), dtype=torch.float32)
+            return predictor(x).numpy()
+
+    def success(g: np.ndarray) -> np.ndarray:
+        return np.mean([success_coverage(agent, env, g, 30, seed) for seed in range(seeds)], 0)
+
+    pred, real = predicted(goals), success(goals)
+    bins = []
+    for lo, hi in ((0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.01)):
+        m = (pred >= lo) & (pred < hi)
+        if m.any():
+            bins.append((lo, min(hi, 1.0), int(m.sum()), float(pred[m].mean()), float(real[m].mean())))
+    valid = env.maze.is_valid(particles)
+    return {"step": step, "brier": float(np.mean((pred - real) ** 2)), "bins": bins,
+            "intermediate_goals": float(np.mean((real > 0) & (real < 1))),
+            "particles_valid": float(valid.mean()), "particles_D": float(predicted(particles).mean()),
+            "particles_success": float(success(particles[valid]).mean()) if valid.any() else float("nan")}
+
+
+def calibration_lines(args: argparse.Namespace, trials: list) -> list[str]:
+    from rl_energy.sweep import read_status, trial_dir
+
+    lines = []
+    for t in trials:
+        settings = dict(t.settings)
+        run_dir = trial_dir(Path(args.out), t)
+        if settings["curriculum.name"] != "svgg" or read_status(run_dir).get("status") != "done":
+            continue
+        maze = next(m for m, e in MAZES.items() if e == t.env_id)
+        if "env_kwargs.switch_to" in settings:
+            maze = settings["env_kwargs.switch_to"]
+        c = calibration(run_dir, maze)
+        lines.append(f"SVGG predictor at step {c['step']:,} on {maze} (seed {t.seed}): Brier {c['brier']:.3f}; "
+                     f"goals the policy reaches sometimes but not always {c['intermediate_goals']:.2f}; "
+                     f"particles in the maze {c['particles_valid']:.2f}, mean D there {c['particles_D']:.2f}, "
+                     f"realised success there {c['particles_success']:.2f}")
+        lines.append("    D bin: goals, mean D, realised success | " + " | ".join(
+            f"[{lo:.1f},{hi:.1f}): {n}, {p:.2f}, {r:.2f}" for lo, hi, n, p, r in c["bins"]))
+    return lines
+
+
 def plot(results: dict, args: argparse.Namespace, out: Path) -> list[Path]:
     import matplotlib
 
@@ -238,6 +306,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/reproduce_svgg")
     parser.add_argument("--plot", help="folder for the figures")
     parser.add_argument("--report-only", action="store_true", help="only read the runs done so far")
+    parser.add_argument("--calibration", action="store_true",
+                        help="also check SVGG's success predictor against the trained policies (finished runs)")
     args = parser.parse_args()
     for key in ("seeds", "steps", "eval_every", "jobs"):
         if getattr(args, key) < 1:
@@ -268,6 +338,8 @@ def main() -> None:
               f"{np.mean([o.seconds for o in ran]) / 60 if ran else math.nan:.1f} min per run\n", flush=True)
     results = collect(args, trials_for(argparse.Namespace(**{**vars(args), "only": []})))
     lines, headline = report(results, args)
+    if args.calibration:
+        lines += calibration_lines(args, trials_for(argparse.Namespace(**{**vars(args), "only": []})))
     print("\n".join(lines))
     (out / "results.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({m: {a: {str(s): r for s, r in runs.items()}

@@ -75,6 +75,21 @@ def test_a_missing_extra_breaks_only_what_needs_it(tmp_path):
     assert "bubble_linear" in out and "rl-energy[bubble]" in out.split("bubble_linear", 1)[1].splitlines()[0]
 
 
+def test_mega_without_scipy_fails_at_the_start_in_one_line_naming_the_extra(tmp_path):
+    proc = _run(f"""
+        import sys
+        sys.modules["scipy"] = None  # as if scipy were not installed
+        sys.modules["scipy.ndimage"] = None
+        from rl_energy.cli import main
+        print("MEGA", main(["train", "--agent", "ddpg", "--env", "rl_energy/PointMaze-Snake-v0", "--curriculum",
+                            "mega", "--run-dir", r"{tmp_path / 'mega'}", "--quiet"]))
+    """)
+    assert "MEGA 2" in proc.stdout, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "MEGA's density model" in lines[0] and "pip install 'rl-energy[sklearn]'" in lines[0], lines[0]
+
+
 def test_without_the_atoms_extra_its_commands_fail_in_one_line_naming_it():
     proc = _run("""
         import runpy, sys

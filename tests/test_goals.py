@@ -119,6 +119,13 @@ def test_maze_switch_during_training():
     assert resumed.maze.name == "multiroom_moved"
     with pytest.raises(ValueError, match="switch_to"):
         PointMazeEnv("multiroom", switch_maze_at=5, switch_to="nowhere")
+    with pytest.raises(ValueError, match="switch_to: maze 'snail' does not span"):
+        PointMazeEnv("snake", switch_maze_at=5, switch_to="snail")  # 6 x 6 after 5 x 5: refused at the start
+    env = PointMazeEnv("square_pbcs_1", switch_maze_at=2, switch_to="square_pbcs_1_changed")
+    env.reset(seed=0)
+    env.step(np.zeros(2))
+    env.step(np.zeros(2))
+    assert env.maze.name == "square_pbcs_1_changed"
 
 
 # ------------------------------------------------------------------------------------------------ HER
