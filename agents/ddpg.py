@@ -8,11 +8,15 @@ TD3/CleanRL; the bubble-control paper uses DDPG as its agent):
 3. critic loss ``E[(Q(s, a) - y)²]``;
 4. actor loss ``-E[Q(s, μ(s))]`` (deterministic policy gradient), critic parameters detached;
 5. Polyak averaging of both target networks with rate τ.
+
+``target_clip`` optionally clamps ``y`` to the range the returns can take (mrl's ``clip_target_range``, used by
+the SVGG paper's goal-conditioned agent).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -39,9 +43,16 @@ class DDPGConfig:
     exploration_noise: float = 0.1
     """Standard deviation of the Gaussian action noise, in units of the [-1, 1] action range."""
     actor_update_every: int = 1
+    target_clip: list[float] = field(default_factory=list)
+    """``[low, high]``: clamp the TD target ``y`` to the range the returns can take (the SVGG agent's
+    ``(−1/(1−γ), 0)`` = ``[-50, 0]`` for a −1/0 reward at γ 0.98); empty: no clamp."""
 
     def validate(self) -> None:
         validate_actor_critic(self, ("actor_lr", "critic_lr"))
+        clip = self.target_clip
+        require(self, "target_clip", clip == [] or (len(clip) == 2 and all(math.isfinite(v) for v in clip)
+                                                    and clip[0] < clip[1]),
+                "empty or two finite numbers [low, high] with low < high")
         require(self, "exploration_noise", self.exploration_noise >= 0, ">= 0")
         require(self, "activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
 
@@ -94,6 +105,8 @@ class DDPG(Agent):
         with torch.no_grad():
             q_next = self.critic_target(torch.cat([next_obs, self.actor_target(next_obs)], -1))[0, :, 0]
             y = batch["reward"] + c.gamma * (1.0 - batch["terminated"].float()) * q_next
+            if c.target_clip:
+                y = y.clamp(c.target_clip[0], c.target_clip[1])
         q = self.critic(torch.cat([obs, batch["action"]], -1))[0, :, 0]
         critic_loss = (q - y).pow(2).mean()
         assert_finite("critic_loss", critic_loss)

@@ -203,11 +203,15 @@ class HERReplayBuffer(ReplayBuffer):
         her_ratio: float = 0.8,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        terminate_on_success: bool = False,
     ) -> None:
         super().__init__(capacity, num_envs, obs_shape, action_dim, device, seed)
         if not 0.0 <= her_ratio <= 1.0:
             raise ValueError(f"her_ratio must be in [0, 1], got {her_ratio}")
         self.layout, self.reward_fn, self.her_ratio = layout, reward_fn, her_ratio
+        self.terminate_on_success = terminate_on_success
+        """Mark every sampled transition that reaches its (possibly relabelled) goal, reward 0, as terminal: the
+        value then bootstraps only until success (the SVGG/mrl agent's ``first_visit_succ``)."""
         self.storage["episode_end"] = torch.full((self.capacity,), -1, dtype=torch.long, device=self.device)
         self.episode_start = np.zeros(num_envs, dtype=np.int64)
         """Row of each env's current episode's first observation."""
@@ -224,6 +228,12 @@ class HERReplayBuffer(ReplayBuffer):
         self.episode_start[ended] = (row + 1) % self.rows
 
     def sample(self, batch_size: int) -> TensorDict:
+        batch = self._sample_relabelled(batch_size)
+        if self.terminate_on_success:
+            batch["terminated"] = batch["terminated"] | (batch["reward"] == 0)
+        return batch
+
+    def _sample_relabelled(self, batch_size: int) -> TensorDict:
         idx = self._sample_slots(batch_size)
         batch = self._gather(idx)
         relabel = torch.rand(batch_size, generator=self.generator, device=self.device) < self.her_ratio

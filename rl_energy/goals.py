@@ -153,6 +153,9 @@ class GoalConfig:
     her_ratio: float = 0.8
     """Fraction of replayed transitions relabelled with a future achieved goal (HER's ``future``
     strategy, :class:`rl_energy.buffers.HERReplayBuffer`); 0 disables HER."""
+    terminate_on_success: bool = False
+    """Replay transitions that reach their goal (reward 0, relabelled or not) as terminal (the SVGG agent's
+    ``first_visit_succ``): values bootstrap only until success."""
     coverage_goals_per_cell: int = 4
     """Goal mazes: evaluation goals per free cell of the success-coverage metric (0 disables it)."""
 
@@ -235,7 +238,8 @@ class GoalExtension(StepExtension):
         env = self.goal_env
         return HERReplayBuffer(capacity, num_envs, obs_shape, action_dim, GoalLayout.of(env.observation_space),
                                lambda achieved, desired: env.compute_reward(achieved, desired, None),
-                               self.cfg.her_ratio, device, seed=seed)
+                               self.cfg.her_ratio, device, seed=seed,
+                               terminate_on_success=self.cfg.terminate_on_success)
 
     def eval_row(self, agent: Agent) -> dict[str, float]:
         """Success coverage (SVGG digest §5) on the training env's current maze."""

@@ -19,8 +19,9 @@ their last checkpoint, so the reproduction can be run in parts (``--only``, or C
 
 The budget against the paper's: 1M env steps per run (paper 5M), 32 envs, one DDPG update of batch 256
 per 32 env steps (paper: one update of batch 2000 per env step), 2 x 256 ReLU nets (paper 3 x 512
-LayerNorm/GELU). SVGG, MEGA and RANDOM keep the paper's settings (digest §2, the issue's facts), with the
-SVM's γ at the code's 0.5.
+LayerNorm/GELU); as in the paper's agent, TD targets clamped to [-50, 0] and successful transitions
+terminal (the maze config). SVGG, MEGA and RANDOM keep the paper's settings (digest §2, the issue's
+facts), with the SVM's γ at the code's 0.5.
 
     python scripts/reproduce_svgg.py --jobs 2 --plot docs/img/svgg
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import time
@@ -57,15 +59,18 @@ def common_settings(args: argparse.Namespace) -> dict:
 
 
 def trials_for(args: argparse.Namespace) -> list:
-    """Every run, seed-major (a partial reproduction has every arm at its first seeds)."""
+    """Every run: the compared arms seed-major (a partial reproduction has every arm at its first seeds), then
+    the references."""
     from rl_energy.sweep import Trial
 
     base = common_settings(args)
     switch = args.steps // NUM_ENVS + 1  # each env's step count: the change comes right after --steps
     out = []
-    for seed in range(args.seeds):
+    plan = [(seed, arm) for seed in range(args.seeds) for arm in ARMS]
+    plan += [(seed, arm) for seed in range(args.reference_seeds) for arm in REFERENCES]
+    for seed, arms in itertools.groupby(plan, key=lambda p: p[0]):
+        arms = [a for _, a in arms]
         for maze, env_id in MAZES.items():
-            arms = ARMS + (REFERENCES if seed < args.reference_seeds else ())
             for arm in arms:
                 settings = {**base, "curriculum.name": arm, "curriculum.seed": seed, "train.total_steps": args.steps}
                 if maze == RECOVERY_MAZE and arm in RECOVERY_ARMS and args.recovery_steps:

@@ -161,6 +161,12 @@ def test_her_relabels_with_future_achieved_goals_and_recomputes_rewards():
 
     assert all(later_in_same_episode(s, g) for g, s in zip(desired[:300], obs_achieved[:300], strict=True))
     assert not later_in_same_episode(obs_achieved[0], obs_achieved[0] + 0.123)  # the check can fail
+    # terminate_on_success: every sampled transition that reaches its goal (reward 0) is terminal, no other
+    assert not batch["terminated"].any()
+    buf.terminate_on_success = True
+    ended = buf.sample(4000)
+    assert (ended["terminated"] == (ended["reward"] == 0)).all() and ended["terminated"].any()
+    buf.terminate_on_success = False
     # her_ratio = 0: the stored goals and rewards
     buf.her_ratio = 0.0
     plain = buf.sample(500)
@@ -446,3 +452,32 @@ def test_value_curricula_need_an_agent_with_a_critic_value():
     ext.goal_env = PointMazeEnv("snake")
     with pytest.raises(ConfigError, match="critic value: use --agent ddpg or sac"):
         ext.bind_agent(object())
+
+
+def test_ddpg_target_clip_clamps_the_td_target():
+    from tensordict import TensorDict
+
+    from rl_energy.agents.ddpg import DDPG, DDPGConfig
+
+    obs_space = gym.spaces.Box(-10, 10, (6,), np.float32)
+    act_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    torch.manual_seed(0)
+    n = 64
+    batch = TensorDict({"obs": torch.randn(n, 6), "next_obs": torch.randn(n, 6), "action": torch.rand(n, 2) * 2 - 1,
+                        "reward": torch.full((n,), 5.0), "terminated": torch.zeros(n, dtype=torch.bool)},
+                       batch_size=[n])
+    for clip, target in (([-1.0, 0.0], 0.0), ([-3.0, -2.0], -2.0)):
+        agent = DDPG(obs_space, act_space, DDPGConfig(hidden=[16, 16], target_clip=clip))
+        with torch.no_grad():
+            q = agent.critic(torch.cat([batch["obs"], batch["action"]], -1))[0, :, 0]
+        loss = agent.update(batch)["critic_loss"]  # y = 5 + γ Q̄ clamped to the range's top
+        torch.testing.assert_close(loss, (q - target).square().mean())
+    plain = DDPG(obs_space, act_space, DDPGConfig(hidden=[16, 16]))
+    with torch.no_grad():
+        q = plain.critic(torch.cat([batch["obs"], batch["action"]], -1))[0, :, 0]
+        y = 5.0 + 0.99 * plain.critic_target(torch.cat([batch["next_obs"], plain.actor_target(batch["next_obs"])],
+                                                      -1))[0, :, 0]
+    torch.testing.assert_close(plain.update(batch)["critic_loss"], (q - y).square().mean())
+    for bad in ("agent.target_clip=[0,-1]", "agent.target_clip=[1]", "agent.target_clip=[-inf,0]"):
+        with pytest.raises(ConfigError, match="agent.target_clip"):
+            resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls, overrides=[bad])
