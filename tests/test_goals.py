@@ -481,3 +481,41 @@ def test_ddpg_target_clip_clamps_the_td_target():
     for bad in ("agent.target_clip=[0,-1]", "agent.target_clip=[1]", "agent.target_clip=[-inf,0]"):
         with pytest.raises(ConfigError, match="agent.target_clip"):
             resolve_config("ddpg", "rl_energy/PointMaze-UMaze-v0", get_agent("ddpg").config_cls, overrides=[bad])
+
+
+@pytest.mark.parametrize("flag", [["--steps", "0"], ["--seeds", "-1"], ["--recovery-steps", "-5"],
+                                  ["--steps", "1000001"], ["--jobs", "x"]])
+def test_reproduce_svgg_rejects_bad_flags(flag, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_svgg.py"
+    proc = subprocess.run([sys.executable, str(script), *flag, "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert flag[0] in proc.stderr.splitlines()[-1] or "--steps must be a multiple" in proc.stderr
+    assert not (tmp_path / "trials").exists()  # nothing started
+
+
+def test_reproduce_svgg_plans_the_paper_comparison():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_svgg.py"
+    spec = importlib.util.spec_from_file_location("reproduce_svgg", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = argparse.Namespace(seeds=3, reference_seeds=1, steps=1_000_000, recovery_steps=500_000,
+                              eval_every=50_000, only=[])
+    trials = script.trials_for(args)
+    arms = [(t.seed, t.env_id, dict(t.settings)["curriculum.name"]) for t in trials]
+    assert len(trials) == 3 * 2 * 3 + 2 * 2 and len(set(arms)) == len(arms)
+    assert [a[2] for a in arms[:6]] == ["svgg", "mega", "random"] * 2  # every arm at seed 0 first
+    for t in trials:
+        s = dict(t.settings)
+        recovery = "SquarePBCS1" in t.env_id and s["curriculum.name"] in ("svgg", "mega")
+        assert s["train.total_steps"] == (1_500_000 if recovery else 1_000_000)
+        assert (s.get("env_kwargs.switch_maze_at") == 31_251) == recovery  # right after 1M steps of 32 envs
+        assert s["train.num_envs"] * s["train.utd"] == 1.0 and s["curriculum.seed"] == t.seed
