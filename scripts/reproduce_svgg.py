@@ -102,16 +102,35 @@ def read_run(run_dir: Path) -> dict:
 
 
 def collect(args: argparse.Namespace, trials: list) -> dict:
-    from rl_energy.sweep import trial_dir
+    from rl_energy.sweep import read_status, trial_dir
 
     out: dict = {}
     for t in trials:
         arm = dict(t.settings)["curriculum.name"]
         maze = next(m for m, e in MAZES.items() if e == t.env_id)
-        run = read_run(trial_dir(Path(args.out), t))
+        run_dir = trial_dir(Path(args.out), t)
+        run = read_run(run_dir)
+        status = read_status(run_dir)
+        if status.get("status") == "done":
+            run["minutes"] = status["seconds"] / 60
+            run["steps"] = dict(t.settings)["train.total_steps"]
         if run["curve"]:
             out.setdefault(maze, {}).setdefault(arm, {})[t.seed] = run
     return out
+
+
+def runtime_lines(results: dict) -> list[str]:
+    """Wall-clock per finished run (the last invocation that finished it; two runs share the 2 cores)."""
+    lines = ["Wall-clock per run (min; mean over finished seeds, two runs at a time on the 2-core machine):"]
+    for maze, arms in results.items():
+        parts = []
+        for arm, runs in arms.items():
+            done = [r for r in runs.values() if "minutes" in r]
+            if done:
+                parts.append(f"{arm} {np.mean([r['minutes'] for r in done]):.1f} "
+                             f"({done[0]['steps'] / 1e6:g}M steps)")
+        lines.append(f"  {maze}: " + ", ".join(parts))
+    return lines
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -208,9 +227,11 @@ def calibration(run_dir: Path, maze_name: str, seeds: int = 4) -> dict:
         if m.any():
             bins.append((lo, min(hi, 1.0), int(m.sum()), float(pred[m].mean()), float(real[m].mean())))
     valid = env.maze.is_valid(particles)
-    return {"step": step, "brier": float(np.mean((pred - real) ** 2)), "bins": bins,
+    d_particles = predicted(particles)
+    return {"particles_intermediate": float(np.mean((d_particles > 0.2) & (d_particles < 0.8))), "step": step,
+            "brier": float(np.mean((pred - real) ** 2)), "bins": bins,
             "intermediate_goals": float(np.mean((real > 0) & (real < 1))),
-            "particles_valid": float(valid.mean()), "particles_D": float(predicted(particles).mean()),
+            "particles_valid": float(valid.mean()), "particles_D": float(d_particles.mean()),
             "particles_success": float(success(particles[valid]).mean()) if valid.any() else float("nan")}
 
 
@@ -229,8 +250,9 @@ def calibration_lines(args: argparse.Namespace, trials: list) -> list[str]:
         c = calibration(run_dir, maze)
         lines.append(f"SVGG predictor at step {c['step']:,} on {maze} (seed {t.seed}): Brier {c['brier']:.3f}; "
                      f"goals the policy reaches sometimes but not always {c['intermediate_goals']:.2f}; "
-                     f"particles in the maze {c['particles_valid']:.2f}, mean D there {c['particles_D']:.2f}, "
-                     f"realised success there {c['particles_success']:.2f}")
+                     f"particles in the maze {c['particles_valid']:.2f}, mean D there {c['particles_D']:.2f} "
+                     f"({c['particles_intermediate']:.2f} with 0.2 < D < 0.8), realised success there "
+                     f"{c['particles_success']:.2f}")
         lines.append("    D bin: goals, mean D, realised success | " + " | ".join(
             f"[{lo:.1f},{hi:.1f}): {n}, {p:.2f}, {r:.2f}" for lo, hi, n, p, r in c["bins"]))
     return lines
@@ -343,6 +365,7 @@ def main() -> None:
               f"{np.mean([o.seconds for o in ran]) / 60 if ran else math.nan:.1f} min per run\n", flush=True)
     results = collect(args, trials_for(argparse.Namespace(**{**vars(args), "only": []})))
     lines, headline = report(results, args)
+    lines += runtime_lines(results)
     if args.calibration:
         lines += calibration_lines(args, trials_for(argparse.Namespace(**{**vars(args), "only": []})))
     print("\n".join(lines))
