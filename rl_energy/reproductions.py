@@ -50,7 +50,9 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
                  "TD diverges on Baird, k = 10 more slowly, large k is stable (in kind)",
                  "Target networks and TD stability"),
     Reproduction("svgg", "SVGG goal curricula (Castanet, Sigaud & Lamprier 2023)", "reproduce_svgg.py",
-                 "not reproduced", "23.9 min", "SVGG − naive curriculum success −0.25 (the paper: SVGG ahead)",
+                 "not reproduced", "90 min (22 runs × 1–1.5M steps)",
+                 "SVGG − MEGA coverage at 1M steps −0.067 and −0.175 (3 seeds, every seed "
+                 "behind; the paper: SVGG ahead), no faster recovery; SVGG − RANDOM +0.14 and +0.27",
                  "SVGG goal curricula"),
     Reproduction("sointer", "SOInter: interpreting structured-output black boxes (ICLR 2024)", "reproduce_sointer.py",
                  "partly", "16.1 min", "SOInter ≥ L2X-style at every coupling; the gap grows with it only roughly",
