@@ -191,12 +191,12 @@ class Maze:
         rows = MAZES[layout] if isinstance(layout, str) else tuple(layout)
         self.name = layout if isinstance(layout, str) else "custom"
         self.layout = rows
-        if rows and rows[0].startswith("+"):
+        self.thin = bool(rows) and rows[0].startswith("+")
+        if self.thin:
             self.free, self.wall_x, self.wall_y = _parse_thin(rows)
         else:
             self.free = _parse_blocks(rows)
             self.wall_x, self.wall_y = _block_walls(self.free)
-        self.thin = bool(rows[0].startswith("+"))
         starts = np.argwhere(_start_mask(rows, self.thin))
         if len(starts) != 1:
             raise ValueError(f"a maze layout needs exactly one start cell 'S', got {len(starts)}")

@@ -586,8 +586,8 @@ class AchievedGoalCurriculum(Curriculum):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         held = state["store"].numpy()
-        self.store = np.zeros((max(len(held), 1024) if len(held) < self.config.achieved_capacity else len(held), 2),
-                              dtype=np.float32)
+        # the ring's size as it was saved: grown to hold the goals, never beyond its capacity
+        self.store = np.zeros((max(len(held), min(self.config.achieved_capacity, 1024)), 2), dtype=np.float32)
         self.store[: len(held)] = held
         self.count = int(state["count"])
         self.cutoff, self.min_cutoff = float(state["cutoff"]), float(state["min_cutoff"])
