@@ -71,10 +71,12 @@ class TanhGaussianActor(nn.Module):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         return mean, log_std.clamp(self.log_std_min, self.log_std_max)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterised action and ``log π(a|s)`` (SAC Appendix C, Eq. 21)."""
+    def sample(self, obs: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action and ``log π(a|s)`` (SAC Appendix C, Eq. 21); ``eps ~ N(0, I)`` drawn here
+        unless given."""
         mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
+        if eps is None:
+            eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
         # log N(u; μ, σ) - Σ log(1 - tanh(u)²), the latter as 2 (log 2 - u - softplus(-2u)) for stability
         log_prob = (-0.5 * eps.pow(2) - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * mean.shape[-1]
@@ -110,9 +112,10 @@ class SAC(Agent):
         if c.autotune:
             actor_groups.append({"params": [self.log_alpha], "lr": c.alpha_lr})
         self.optimizers = {
-            "actor": adam(actor_groups, c.actor_lr),
-            "critic": adam(self.critic.parameters(), c.critic_lr),
+            "actor": adam(actor_groups, c.actor_lr, flat=True),
+            "critic": adam(self.critic.parameters(), c.critic_lr, flat=True),
         }
+        self._polyak_pairs = (list(self.critic_target.parameters()), list(self.critic.parameters()))
 
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -128,43 +131,62 @@ class SAC(Agent):
 
     @torch.no_grad()
     def soft_target(
-        self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, alpha: torch.Tensor
+        self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, alpha: torch.Tensor,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``y = r + γ (1 - terminated) [min_k Q̄_k(s', a') - α log π(a'|s')]`` (Eq. 3, clipped double Q)."""
-        a_next, logp_next = self.actor.sample(next_obs)
+        a_next, logp_next = self.actor.sample(next_obs, eps)
         q_next = self.critic_target(torch.cat([next_obs, a_next], -1)).squeeze(-1).min(0).values
         return reward + self.config.gamma * (1.0 - terminated.float()) * (q_next - alpha * logp_next)
 
+    def critic_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+        terminated: torch.Tensor, alpha: torch.Tensor, eps_next: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 5 summed over the twins, ``Σ_k ½ E[(Q_k(s, a) - y)²]``, and the mean Q (a diagnostic)."""
+        y = self.soft_target(reward, next_obs, terminated, alpha, eps_next)
+        q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # [2, B]
+        return 0.5 * (q - y).pow(2).mean(-1).sum(), q.detach().mean()
+
+    def actor_loss(
+        self, obs: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 12 through the critics (parameters detached), plus Eq. 18 with ``autotune``; returns the loss
+        to minimise, the actor loss alone and the entropy estimate ``-E[log π]``."""
+        a_pi, logp_pi = self.actor.sample(obs, eps)
+        q_pi = self.critic(torch.cat([obs, a_pi], -1), detach_params=True).squeeze(-1).min(0).values
+        actor_loss = (alpha * logp_pi - q_pi).mean()
+        loss = actor_loss
+        if self.config.autotune:
+            loss = loss - (self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
+        return loss, actor_loss.detach(), -logp_pi.detach().mean()
+
     def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         c, opt = self.config, self.optimizers
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs = batch["obs"]
         update_actor = self.num_updates % c.actor_update_every == 0
         self.num_updates += 1
         alpha = self.log_alpha.detach().exp()  # the temperature before this step's update (as in SB3)
-        if update_actor:
-            a_pi, logp_pi = self.actor.sample(obs)
+        # the noise of a ~ π(·|s) first, then of a' ~ π(·|s') (SB3's order of draws)
+        eps_pi = torch.randn(obs.shape[0], self.action_dim, device=obs.device) if update_actor else None
+        eps_next = torch.randn(obs.shape[0], self.action_dim, device=obs.device)
 
-        y = self.soft_target(batch["reward"], next_obs, batch["terminated"], alpha)
-        q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # [2, B]
-        critic_loss = 0.5 * (q - y).pow(2).mean(-1).sum()  # Eq. 5, summed over the twins
+        critic_loss, q_mean = self.critic_loss(
+            obs, batch["action"], batch["reward"], batch["next_obs"], batch["terminated"], alpha, eps_next)
         assert_finite("critic_loss", critic_loss)
         opt["critic"].zero_grad(set_to_none=True)
         critic_loss.backward()
         opt["critic"].step()
+        metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "q_mean": q_mean}
 
-        metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean()}
-        if update_actor:  # Eq. 12 through the updated critics (parameters detached), plus Eq. 18
-            q_pi = self.critic(torch.cat([obs, a_pi], -1), detach_params=True).squeeze(-1).min(0).values
-            actor_loss = (alpha * logp_pi - q_pi).mean()
+        if update_actor:  # the actor (and α) through the updated critics; the actor is unchanged so far
+            loss, actor_loss, entropy = self.actor_loss(obs, eps_pi, alpha)
             assert_finite("actor_loss", actor_loss)
-            loss = actor_loss
-            if c.autotune:
-                loss = loss - (self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
             opt["actor"].zero_grad(set_to_none=True)
             loss.backward()
             opt["actor"].step()
-            metrics["actor_loss"] = actor_loss.detach()
-            metrics["entropy"] = -logp_pi.detach().mean()
+            metrics["actor_loss"] = actor_loss
+            metrics["entropy"] = entropy
 
-        polyak_update(self.critic_target, self.critic, c.tau)
+        polyak_update(*self._polyak_pairs, c.tau)
         return metrics

@@ -58,10 +58,11 @@ class TrainConfig:
     checkpoint_every: int = 25_000
     """Write ``checkpoints/`` every this many steps (0: only at the end and on SIGINT/SIGTERM)."""
     device: str = "auto"
-    matmul_precision: str = "auto"
-    """Precision of the network matrix products: ``fp32``, ``bf16`` (bfloat16 inputs, float32
-    accumulation and float32 everywhere else) or ``auto`` (bf16 where the hardware multiplies bfloat16
-    natively, as CPUs with AVX512-BF16 or AMX do, else fp32). See :mod:`rl_energy.nets`."""
+    matmul_precision: str = "fp32"
+    """Precision of the network matrix products: ``fp32`` (the default: float32 throughout, as
+    Stable-Baselines3 and the papers), ``bf16`` (an explicit opt-in: bfloat16 inputs, float32 accumulation
+    and float32 everywhere else) or ``auto`` (bf16 where the hardware multiplies bfloat16 natively, as CPUs
+    with AVX512-BF16 or AMX do, else fp32). See :mod:`rl_energy.nets`."""
     torch_threads: int = 0
     """``torch.set_num_threads`` value; 0 keeps PyTorch's default."""
     compile: bool = False

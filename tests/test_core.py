@@ -161,6 +161,19 @@ def test_config_yaml_keeps_settings_and_puts_run_facts_in_their_own_block(tmp_pa
     assert set(saved) >= {"train", "agent", "env_kwargs", "goals", "curriculum"}
 
 
+@pytest.mark.parametrize("agent", ["sac", "ebflow"])
+def test_a_fresh_run_multiplies_in_float32_by_default(tmp_path, agent):
+    """bf16 matmuls are an explicit opt-in (``train.matmul_precision=bf16``): a fresh run with the shipped configs
+    says fp32 in its config.yaml, as set and as resolved."""
+    env = "Pendulum-v1"
+    cfg = resolve_config(agent, env, get_agent(agent).config_cls, overrides=[
+        "train.total_steps=40", "train.learning_starts=20", "train.batch_size=8", "train.eval_every=0",
+        "train.eval_episodes=1", "train.checkpoint_every=0", "train.compile=false"])
+    make_trainer(cfg, tmp_path / "run", verbose=False).train()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["matmul_precision"] == "fp32" and saved["resolved"]["matmul_precision"] == "fp32"
+
+
 def test_old_config_yaml_with_goal_keys_under_train_still_loads(tmp_path):
     from rl_energy.config import run_config_from_dict
 
