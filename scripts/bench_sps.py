@@ -75,7 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-warnings.filterwarnings("ignore")
+warnings.filterwarnings("ignore")  # gymnasium's v4 notices among them
 
 # torch, the trainer and SB3 are imported where they are used, so that a bad flag is reported at once
 from rl_energy.config import parse_override, resolve_config  # noqa: E402
@@ -476,8 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a bad or unknown --set key/value is reported now, before any timing
     cfg = our_config(a.agent, a.env, a.learning_starts, a.steps, 0, a.num_envs, a.utd, a.extra)
 
+    import gymnasium
     import torch
 
+    gymnasium.logger.min_level = gymnasium.logger.ERROR  # the v4 envs' deprecation notice at every env built
     if cfg.train.torch_threads:  # our trainer would set it globally: give SB3 the same
         torch.set_num_threads(cfg.train.torch_threads)
     ncpu = machine_cpus()
