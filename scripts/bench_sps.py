@@ -39,12 +39,12 @@ waits until the CPU used by *other* processes (all busy jiffies, steal included,
 (a fraction of the whole machine, default 0.05) for 2 s, at most ``--max-wait`` seconds (default 600; 0: no wait).
 It prints one line when it had to wait. After a timeout it runs anyway; the contamination check marks the run.
 
-**Contamination.** For each timed run the CPU seconds used by other processes between just before and just after
-the call of ``ours()``/``sb3()`` are divided by (wall time × CPUs). The call includes construction and the warm-up,
-so the window is longer than the timed phase, and any helper process this process starts but has not reaped (e.g.
-``torch.compile`` workers) counts as "other": the measure is conservative (it can only over-report). A run above
-``--max-other-cpu`` is marked ``contaminated``, and so is its repeat. Without ``/proc/stat`` (not Linux) it reports
-``n/a``, never waits, and every repeat counts as clean.
+**Contamination.** For each run the CPU seconds used by other processes during its timed phase (ours: from just
+after the first update to the end of the run, the final one-episode evaluation included; SB3: from its clock's
+start to the end of training) are divided by (wall time × CPUs); where the phase could not be marked, the whole call
+of ``ours()``/``sb3()`` is used. Construction, the warm-up and any one-off ``torch.compile`` (whose worker processes
+would count as "other") are outside the window. A run above ``--max-other-cpu`` is marked ``contaminated``, and so
+is its repeat. Without ``/proc/stat`` (not Linux) it reports ``n/a``, never waits, and every repeat counts as clean.
 
 **Alternation and statistics.** Repeats alternate the sides, and odd repeats swap which side goes first (ours, sb3
 | sb3, ours | ...), to cancel drift (thermal, caches, a background job); repeat ``r`` uses seed ``r`` on both sides.
@@ -156,6 +156,16 @@ def other_cpu_fraction(before: Snapshot, after: Snapshot, wall: float, ncpu: int
     the two snapshots, clamped to [0, 1] (the two counters are sampled separately and tick at 1/CLK_TCK s)."""
     others = (after[0] - before[0]) - (after[1] - before[1])
     return min(max(others / max(wall * ncpu, 1e-9), 0.0), 1.0)
+
+
+Window = tuple[Snapshot | None, float, Snapshot | None, float]
+"""``(snapshot, perf_counter)`` at the start and at the end of a timed phase."""
+
+
+def window_other_cpu(window: Window, ncpu: int) -> float | None:
+    """Other processes' share of the machine over a timed phase (``None`` where a snapshot is missing)."""
+    before, t0, after, t1 = window
+    return other_cpu_fraction(before, after, t1 - t0, ncpu) if before and after else None
 
 
 @dataclass
@@ -290,10 +300,11 @@ def our_config(agent: str, env_id: str, learning_starts: int, steps: int, seed: 
     return resolve_config(agent, env_id, get_agent(agent).config_cls, overrides=overrides)
 
 
-def _mark_first_update(trainer: Any) -> dict[str, int]:
+def _mark_first_update(trainer: Any) -> dict[str, Any]:
     """Wrap ``trainer._collect`` until the vector step that ends with the first update, and record ``trainer.step``
-    then (``marks['step']``); the wrapper removes itself, so the timed phase runs the trainer's own method."""
-    marks: dict[str, int] = {}
+    then (``marks['step']``) with a CPU snapshot (``marks['window']``); the wrapper removes itself, so the timed
+    phase runs the trainer's own method."""
+    marks: dict[str, Any] = {}
     collect = getattr(trainer, "_collect", None)
     if collect is None or not hasattr(trainer, "timing"):
         return marks
@@ -302,6 +313,7 @@ def _mark_first_update(trainer: Any) -> dict[str, int]:
         new = collect()
         if "first_update_end" in trainer.timing:
             marks["step"] = trainer.step
+            marks["window"] = (cpu_snapshot(), time.perf_counter())  # the timed phase starts here
             del trainer._collect
         return new
 
@@ -310,8 +322,10 @@ def _mark_first_update(trainer: Any) -> dict[str, int]:
 
 
 def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, num_envs: int, utd: float,
-         extra: Sequence[str]) -> tuple[float, str]:
-    """Our SPS and how it ran (the ``resolved`` block: matmul precision, whether the update compiled)."""
+         extra: Sequence[str]) -> tuple[float, str, Window | None]:
+    """Our SPS, how it ran (the ``resolved`` block: matmul precision, whether the update compiled) and the CPU
+    snapshots of the timed phase (from the first update to the end of the run, the final 1-episode evaluation
+    included)."""
     from rl_energy.trainer import make_trainer
 
     cfg = our_config(agent, env_id, learning_starts, steps, seed, num_envs, utd, extra)
@@ -319,6 +333,7 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, n
         trainer = make_trainer(cfg, Path(d), verbose=False)
         marks = _mark_first_update(trainer)
         trainer.train()
+        end = (cpu_snapshot(), time.perf_counter())
     timing = trainer.timing
     # transitions after the first update's vector step (approximated as one vector step past the warm-up if the
     # trainer could not be wrapped); the first update and any one-off torch.compile are left out of the clock
@@ -327,11 +342,13 @@ def ours(agent: str, env_id: str, learning_starts: int, steps: int, seed: int, n
     setup = timing["first_update_end"] - timing["learn_start"]
     how = f"{trainer.cfg.resolved['matmul_precision']} matmuls"
     how += f", compiled, first update {setup:.1f} s" if trainer.cfg.resolved.get("compile") else ", not compiled"
-    return sps, how
+    return sps, how, (*marks["window"], *end) if "window" in marks else None
 
 
-def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_envs: int, utd: float) -> float:
-    """SB3's SPS on ``num_envs`` envs (``DummyVecEnv``) at ``utd`` gradient steps per transition."""
+def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_envs: int, utd: float
+        ) -> tuple[float, Window]:
+    """SB3's SPS on ``num_envs`` envs (``DummyVecEnv``) at ``utd`` gradient steps per transition, and the CPU
+    snapshots of its timed phase."""
     import gymnasium as gym
     import numpy as np
     from stable_baselines3 import DDPG, DQN, SAC
@@ -352,6 +369,7 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_
         def _on_rollout_start(self) -> None:
             # SB3 trains after a rollout that ends past learning_starts: the next rollout starts after that update
             if self.start is None and self.model.num_timesteps > learning_starts:
+                self.snap_start = cpu_snapshot()
                 self.start, self.start_steps = time.perf_counter(), self.model.num_timesteps
 
         def _on_step(self) -> bool:
@@ -359,6 +377,7 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_
 
         def _on_training_end(self) -> None:
             self.end, self.end_steps = time.perf_counter(), self.model.num_timesteps
+            self.snap_end = cpu_snapshot()
 
     env = make_vec_env(env_id, n_envs=num_envs, seed=seed)
     common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99,
@@ -389,7 +408,8 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_
     env.close()
     if clock.start is None:
         raise RuntimeError("SB3 never started a rollout after its first update: raise --steps")
-    return (clock.end_steps - clock.start_steps) / (clock.end - clock.start)
+    sps = (clock.end_steps - clock.start_steps) / (clock.end - clock.start)
+    return sps, (clock.snap_start, clock.start, clock.snap_end, clock.end)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -504,11 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         before, t0 = cpu_snapshot(), time.perf_counter()
         how = "fp32"
         if side == "ours":
-            sps, how = ours(a.agent, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd, a.extra)
+            sps, how, window = ours(a.agent, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd, a.extra)
         else:
-            sps = sb3(ref, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd)
-        wall, after = time.perf_counter() - t0, cpu_snapshot()
-        other = other_cpu_fraction(before, after, wall, ncpu) if before and after else None
+            sps, window = sb3(ref, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd)
+        if window is None:  # no timed-phase marks: the whole call (construction and warm-up included)
+            window = (before, t0, cpu_snapshot(), time.perf_counter())
+        other = window_other_cpu(window, ncpu)
         return Run(sps, other, other is not None and other > a.max_other_cpu, w.timed_out, how)
 
     def describe(run: Run) -> str:
