@@ -22,6 +22,28 @@ def test_scalar_head_matches_the_batched_matmul():
     torch.testing.assert_close(net(x), h, rtol=1e-5, atol=1e-5)
 
 
+def test_in_place_relu_gives_the_same_values_and_gradients_bit_for_bit():
+    torch.manual_seed(0)
+    net = EnsembleMLP(2, 11, [64, 64], 1)
+    assert net.activation.inplace
+    ref = copy.deepcopy(net)
+    ref.activation = torch.nn.ReLU()  # a fresh buffer per activation: the textbook form
+    x = torch.randn(40, 11, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = net(x), ref(x_ref)
+    assert torch.equal(y, y_ref)
+    (y * torch.arange(80.0).view(2, 40, 1)).sum().backward()
+    (y_ref * torch.arange(80.0).view(2, 40, 1)).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    # gradients to the input only (an actor loss through the critics) and inference stay correct too
+    a = torch.randn(40, 11, requires_grad=True)
+    torch.autograd.grad(net(a, detach_params=True).sum(), a)
+    with torch.inference_mode():
+        assert torch.equal(net(x.detach()), y.detach())
+
+
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_bf16_matmuls_return_float32_close_to_fp32_with_close_gradients(ensemble):
     torch.manual_seed(0)
