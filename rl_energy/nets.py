@@ -213,7 +213,7 @@ class EnsembleMLP(nn.Module):
         self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         # ReLU overwrites the product it follows: autograd needs neither value (baddbmm's backward reads its
         # inputs, ReLU's reads its own output), and the hidden [n, B, width] activation then needs one buffer
-        # instead of two. The same numbers, bit for bit; a SAC update on Ant-v4 ran 10-16% faster (docs/benchmarks.md).
+        # instead of two. The same numbers, bit for bit (timings in docs/benchmarks.md).
         self.activation = activation(inplace=True) if activation is nn.ReLU else activation()
 
     def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
