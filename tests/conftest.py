@@ -1,10 +1,16 @@
-"""Shared fixtures: a purpose-built probe environment and a quick-run config helper."""
+"""Shared fixtures: a purpose-built probe environment, a quick-run config helper, and the scripts as modules or
+commands."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
+from types import ModuleType
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +23,25 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 # the atomistic label and dataset caches (rl_energy/atoms/labellers.py): a fresh one per test session unless the
 # developer points RL_ENERGY_CACHE at a kept one
 os.environ.setdefault("RL_ENERGY_CACHE", tempfile.mkdtemp(prefix="rl_energy_cache_"))
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, registered in ``sys.modules`` (where dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python scripts/<name>.py ARGS`` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=SCRIPTS.parent)
 
 
 class ProbeEnv(gym.Env):

@@ -3,32 +3,19 @@ one tiny run."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_sps.py"
+from tests.conftest import load_script, run_script
+
+bench = load_script("bench_sps")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_sps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
-
-
-def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=SCRIPT.parents[1])
+def _run(*args: str, timeout: float = 120):
+    return run_script("bench_sps", *args, timeout=timeout)
 
 
 @pytest.mark.parametrize(("num_envs", "utd", "expected"), [
