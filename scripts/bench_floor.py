@@ -136,7 +136,6 @@ def capture(agent_name: str, env_id: str, learning_starts: int, num_envs: int, u
             extra: Sequence[str]) -> Captured:
     """Train our agent (``bench_sps``'s config) just long enough to profile its ``CAPTURE_CALL``-th update and act
     after the warm-up, and return their matrix products."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from rl_energy.trainer import make_trainer
@@ -173,7 +172,6 @@ def capture(agent_name: str, env_id: str, learning_starts: int, num_envs: int, u
         raise RuntimeError(f"the run made fewer than {CAPTURE_CALL} updates: raise --steps or --utd")
     if "act" not in got:  # an agent that never acts through act() after updates began (should not happen)
         got["act"], got["act_rows"] = [], num_envs
-    del torch
     return Captured(got["update"], got["act"], got["act_rows"])
 
 
