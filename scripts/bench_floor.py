@@ -169,7 +169,7 @@ def capture(agent_name: str, env_id: str, learning_starts: int, num_envs: int, u
         agent.act = wrap("act", agent.act)
         trainer.train()
     if "update" not in got:
-        raise RuntimeError(f"the run made fewer than {CAPTURE_CALL} updates: raise --steps or --utd")
+        raise RuntimeError(f"the capture run made fewer than {CAPTURE_CALL} updates: raise --utd")
     if "act" not in got:  # an agent that never acts through act() after updates began (should not happen)
         got["act"], got["act_rows"] = [], num_envs
     return Captured(got["update"], got["act"], got["act_rows"])
