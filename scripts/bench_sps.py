@@ -13,6 +13,14 @@ transition. ``--set KEY=VALUE`` (repeatable, as ``rl-energy train --set``) overr
 the flags own (``train.total_steps``, ``train.learning_starts``, ``train.num_envs``, ``train.utd``) are refused.
 If our config sets ``train.torch_threads``, both sides run with that many threads.
 
+**Third row: the official MEow update.** With ``--agent ebflow --meow-ref`` each repeat also times
+``scripts/meow_reference.py``, a clean re-implementation of the official MEow training loop from the paper's
+description (masked full-width couplings, the batch stacked twice for the two shift heads, a full target copy
+averaged parameter by parameter, ``torch.optim.Adam`` with ``clip_grad_norm_``, eager PyTorch, SB3's replay buffer)
+with our resolved EBFlow config (``--set`` applies to it too), one env at UTD 1. A test maps our weights onto it
+and checks that its loss and gradients equal ours. Its line is ``meow-ref``; the summary adds its median and the
+``ebflow/meow-ref`` ratio before the last line, which stays the SB3 ratio.
+
 **Matmul precision.** Our matrix products run at ``train.matmul_precision``, whose default is ``fp32``, as SB3;
 ``bf16`` (bfloat16 inputs, float32 accumulation) and ``auto`` are opt-ins through ``--set``. Nothing here fixes the
 precision: each repeat prints what ``trainer.cfg.resolved['matmul_precision']`` reports, and whether the update was
@@ -55,6 +63,7 @@ median and min–max of the per-repeat ratios; the number of contaminated repeat
 
     python scripts/bench_sps.py --env Ant-v4 --agent sac
     python scripts/bench_sps.py --env Ant-v4 --agent sac --set train.matmul_precision=bf16
+    python scripts/bench_sps.py --env Ant-v4 --agent ebflow --meow-ref
     python scripts/bench_sps.py --env Hopper-v4 --num-envs 4 --utd 0.25
     python scripts/bench_sps.py --env CartPole-v1 --agent pfpe --steps 20000
     python scripts/bench_sps.py --env rl_energy/PointMaze-UMaze-v0 --agent ddpg
@@ -67,6 +76,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -412,6 +422,18 @@ def sb3(ref: str, env_id: str, learning_starts: int, steps: int, seed: int, num_
     return sps, (clock.snap_start, clock.start, clock.snap_end, clock.end)
 
 
+def meow(env_id: str, learning_starts: int, steps: int, seed: int, extra: Sequence[str]) -> tuple[float, Window]:
+    """The MEow reference's SPS (``scripts/meow_reference.py``, our resolved EBFlow config) and the CPU snapshots
+    of its timed phase."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import meow_reference
+
+    cfg = our_config("ebflow", env_id, learning_starts, steps, seed, 1, 1.0, extra)
+    return meow_reference.train_sps(env_id, cfg, learning_starts, steps, seed, snapshot=cpu_snapshot)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------------------------------
@@ -448,6 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="seconds to wait for an idle machine before each run (0: do not wait)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="override our agent's config, e.g. --set train.matmul_precision=bf16 (repeatable)")
+    p.add_argument("--meow-ref", action="store_true",
+                   help="with --agent ebflow: time the official MEow update (scripts/meow_reference.py) as a third row")
     a = p.parse_args(argv)
     if not 1 <= a.repeats <= MAX_REPEATS:
         p.error(f"--repeats must be between 1 and {MAX_REPEATS}, got {a.repeats}")
@@ -470,6 +494,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         key = ".".join(path)
         if key in FLAG_KEYS:
             p.error(f"--set {key} is set by {FLAG_KEYS[key]}: use that flag")
+    if a.meow_ref and a.agent != "ebflow":
+        p.error(f"--meow-ref times the official MEow update beside --agent ebflow, got --agent {a.agent}")
+    if a.meow_ref and a.num_envs != 1:
+        p.error(f"--meow-ref runs the reference's own schedule (one env, UTD 1), got --num-envs {a.num_envs}")
+    if a.meow_ref and a.utd is not None and a.utd != 1.0:
+        p.error(f"--meow-ref runs the reference's own schedule (one env, UTD 1), got --utd {a.utd:g}")
     if a.agent == "pfpe":
         if a.num_envs != 1:
             p.error(f"--num-envs must be 1 for pfpe (its DQN reference keeps the paper's one-env schedule), "
@@ -525,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "fp32"
         if side == "ours":
             sps, how, window = ours(a.agent, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd, a.extra)
+        elif side == "meow":
+            sps, window = meow(a.env, a.learning_starts, a.steps, seed, a.extra)
         else:
             sps, window = sb3(ref, a.env, a.learning_starts, a.steps, seed, a.num_envs, a.utd)
         if window is None:  # no timed-phase marks: the whole call (construction and warm-up included)
@@ -539,25 +571,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mine: list[Run] = []
     theirs: list[Run] = []
+    official: list[Run] = []
+    sides = ("ours", "sb3", "meow") if a.meow_ref else ("ours", "sb3")
     for r in range(a.repeats):
-        order = ("ours", "sb3") if r % 2 == 0 else ("sb3", "ours")
+        order = sides if r % 2 == 0 else sides[::-1]
         runs = {side: timed(side, r) for side in order}
         mine.append(runs["ours"])
         theirs.append(runs["sb3"])
-        print(f"repeat {r} ({order[0]} first): {a.agent} ({runs['ours'].how}) {describe(runs['ours'])} | "
-              f"sb3-{ref} (fp32) {describe(runs['sb3'])} | ratio {runs['ours'].sps / runs['sb3'].sps:.2f}",
-              flush=True)
+        line = (f"repeat {r} ({order[0]} first): {a.agent} ({runs['ours'].how}) {describe(runs['ours'])} | "
+                f"sb3-{ref} (fp32) {describe(runs['sb3'])} | ratio {runs['ours'].sps / runs['sb3'].sps:.2f}")
+        if a.meow_ref:
+            official.append(runs["meow"])
+            line += f" | meow-ref {describe(runs['meow'])} | ratio {runs['ours'].sps / runs['meow'].sps:.2f}"
+        print(line, flush=True)
 
-    clean = [not (m.contaminated or t.contaminated) for m, t in zip(mine, theirs, strict=True)]
+    clean = [not (m.contaminated or t.contaminated or (a.meow_ref and official[i].contaminated))
+             for i, (m, t) in enumerate(zip(mine, theirs, strict=True))]
     used, note = repeats_used(clean)
     print(f"summary over {note}" + ("" if watch else " (contamination unknown: no /proc/stat)"))
-    for name, runs in ((a.agent, mine), (f"sb3-{ref}", theirs)):
+    rows = [(a.agent, mine), (f"sb3-{ref}", theirs)] + ([("meow-ref", official)] if a.meow_ref else [])
+    for name, runs in rows:
         s = summarize([runs[i].sps for i in used])
         print(f"{name}: median {s.median:.1f} SPS, min-max {s.lo:.1f}-{s.hi:.1f}, IQR {s.q1:.1f}-{s.q3:.1f}")
     ratios = summarize([mine[i].sps / theirs[i].sps for i in used])
     print(f"per-repeat ratio: median {ratios.median:.2f}, min-max {ratios.lo:.2f}-{ratios.hi:.2f}")
     print(f"contaminated repeats: {clean.count(False)} of {a.repeats} (others above {_pct(a.max_other_cpu)} of the "
           f"machine during a run)")
+    if a.meow_ref:
+        official_ratio = statistics.median(mine[i].sps for i in used) / statistics.median(official[i].sps for i in used)
+        print(f"{a.agent}/meow-ref SPS ratio: {official_ratio:.2f}")
     ratio = statistics.median(mine[i].sps for i in used) / statistics.median(theirs[i].sps for i in used)
     print(f"{a.agent}/sb3-{ref} SPS ratio: {ratio:.2f}", flush=True)
     return 0

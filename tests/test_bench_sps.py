@@ -131,6 +131,9 @@ def test_summaries():
     (["--steps", "x"], "--steps"),
     (["--agent", "pfpe", "--num-envs", "2"], "--num-envs"),
     (["--agent", "pfpe", "--utd", "1"], "--utd"),
+    (["--agent", "sac", "--meow-ref"], "--meow-ref"),
+    (["--agent", "ebflow", "--meow-ref", "--num-envs", "2"], "--num-envs"),
+    (["--agent", "ebflow", "--meow-ref", "--utd", "0.5"], "--utd"),
 ])
 def test_bad_flags(args, flag):
     out = _run(*args)
@@ -160,3 +163,17 @@ def test_smoke_run():
     assert any(re.match(r"repeat 0 \(ours first\): sac \(fp32 matmuls", line) for line in lines)  # the default
     assert any(line.startswith("contaminated repeats:") for line in lines)
     assert re.fullmatch(r"sac/sb3-sac SPS ratio: \d+\.\d\d", lines[-1])
+
+
+def test_smoke_run_with_the_meow_reference():
+    # the third row: ebflow (not compiled, to keep it short), SB3's SAC and the MEow reference, alternating
+    out = _run("--env", "Pendulum-v1", "--agent", "ebflow", "--meow-ref", "--steps", "20", "--learning-starts", "10",
+               "--repeats", "2", "--max-wait", "0", "--set", "train.compile=false", "--set", "train.torch_threads=1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert any(re.match(r"repeat 0 \(ours first\): ebflow .* \| sb3-sac .* \| meow-ref [\d.]+ SPS", line)
+               for line in lines)
+    assert any(line.startswith("repeat 1 (meow first)") for line in lines)
+    assert any(line.startswith("meow-ref: median ") for line in lines)
+    assert re.fullmatch(r"ebflow/meow-ref SPS ratio: \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"ebflow/sb3-sac SPS ratio: \d+\.\d\d", lines[-1])
