@@ -170,7 +170,9 @@ def train_sps(env_id: str, cfg: Any, learning_starts: int, steps: int, seed: int
     torch.manual_seed(seed)
     env = gym.wrappers.RescaleAction(gym.make(env_id), min_action=-1.0, max_action=1.0)
     space = env.action_space
-    rb = ReplayBuffer(cfg.train.buffer_size, env.observation_space, space, "cpu", handle_timeout_termination=False)
+    # float32 observations in the buffer (MuJoCo's are float64), as the reference casts its observation space
+    obs_space = gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32)
+    rb = ReplayBuffer(cfg.train.buffer_size, obs_space, space, "cpu", handle_timeout_termination=False)
     obs_dim, action_dim = env.observation_space.shape[0], space.shape[0]
     agent = MEowReference(obs_dim, action_dim, cfg.agent)
     agent.policy.train()

@@ -97,9 +97,10 @@ def test_reference_update_follows_algorithm_1() -> None:
 def test_reference_trains_on_a_real_env() -> None:
     from rl_energy.config import resolve_config
 
-    cfg = resolve_config("ebflow", "Pendulum-v1", get_agent("ebflow").config_cls,
+    # Hopper: float64 observations (the buffer stores float32) and terminations
+    cfg = resolve_config("ebflow", "Hopper-v4", get_agent("ebflow").config_cls,
                          overrides=["train.batch_size=32", "train.buffer_size=1000"])
-    sps, (_, start, _, end) = ref.train_sps("Pendulum-v1", cfg, learning_starts=40, steps=30, seed=0)
+    sps, (_, start, _, end) = ref.train_sps("Hopper-v4", cfg, learning_starts=40, steps=30, seed=0)
     assert sps > 0 and end > start
     with pytest.raises(RuntimeError, match="raise --steps"):
-        ref.train_sps("Pendulum-v1", cfg, learning_starts=40, steps=1, seed=0)
+        ref.train_sps("Hopper-v4", cfg, learning_starts=40, steps=1, seed=0)
