@@ -33,31 +33,19 @@ from rl_energy.flows import ACTION_CLAMP, SQUASH_EPS
 from rl_energy.nets import Swish
 
 
-def _coupling_net(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear -> LayerNorm -> Swish(β) -> Dropout`` per hidden layer, orthogonal weights (MEow §2)."""
+def _net(in_dim: int, hidden: list[int], out_dim: int, coupling: bool, dropout: float = 0.0) -> nn.Sequential:
+    """A coupling net (``Linear -> LayerNorm -> Swish(β) -> Dropout`` per hidden layer, orthogonal weights) or, with
+    ``coupling=False``, the log-std net or a shift head (``Linear -> SiLU``, every weight zero), MEow §2."""
     layers: list[nn.Module] = []
     last = in_dim
     for width in hidden:
-        layers += [nn.Linear(last, width), nn.LayerNorm(width), Swish(width), nn.Dropout(dropout)]
+        layers += [nn.Linear(last, width), nn.LayerNorm(width), Swish(width), nn.Dropout(dropout)] if coupling \
+            else [nn.Linear(last, width), nn.SiLU()]
         last = width
     layers.append(nn.Linear(last, out_dim))
     for m in layers:
         if isinstance(m, nn.Linear):
-            nn.init.orthogonal_(m.weight)
-    return nn.Sequential(*layers)
-
-
-def _zero_weight_net(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
-    """``Linear -> SiLU`` per hidden layer, every weight zero (the log-std net and the shift heads, MEow §2)."""
-    layers: list[nn.Module] = []
-    last = in_dim
-    for width in hidden:
-        layers += [nn.Linear(last, width), nn.SiLU()]
-        last = width
-    layers.append(nn.Linear(last, out_dim))
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.zeros_(m.weight)
+            (nn.init.orthogonal_ if coupling else nn.init.zeros_)(m.weight)
     return nn.Sequential(*layers)
 
 
@@ -67,7 +55,7 @@ class MaskedCoupling(nn.Module):
     def __init__(self, mask: torch.Tensor, obs_dim: int, hidden: list[int], dropout: float) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
-        self.net = _coupling_net(mask.numel() + obs_dim, hidden, mask.numel(), dropout)
+        self.net = _net(mask.numel() + obs_dim, hidden, mask.numel(), True, dropout)
 
     def forward(self, z: torch.Tensor, obs: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
         t = self.net(torch.cat([z * self.mask, obs], -1)) * (1.0 - self.mask)
@@ -83,8 +71,8 @@ class MEowPolicy(nn.Module):
         even = (torch.arange(action_dim) % 2 == 0).float()  # b = [1, 0, 1, 0, ...], then 1 - b, alternating
         self.couplings = nn.ModuleList(
             MaskedCoupling(even if k % 2 == 0 else 1.0 - even, obs_dim, hidden, dropout) for k in range(num_couplings))
-        self.log_std_net = _zero_weight_net(obs_dim, hidden, action_dim)
-        self.shifts = nn.ModuleList(_zero_weight_net(obs_dim, shift_hidden, 1) for _ in range(2))
+        self.log_std_net = _net(obs_dim, hidden, action_dim, False)
+        self.shifts = nn.ModuleList(_net(obs_dim, shift_hidden, 1, False) for _ in range(2))
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.log_norm_const = 0.5 * action_dim * math.log(2 * math.pi)
 
