@@ -163,7 +163,7 @@ def train_sps(env_id: str, cfg: Any, learning_starts: int, steps: int, seed: int
     rb = ReplayBuffer(cfg.train.buffer_size, obs_space, space, "cpu", handle_timeout_termination=False)
     obs_dim, action_dim = env.observation_space.shape[0], space.shape[0]
     agent = MEowReference(obs_dim, action_dim, cfg.agent)
-    agent.policy.train()
+    agent.policy.train()  # dropout in the current-Q pass
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     start = None
@@ -173,8 +173,10 @@ def train_sps(env_id: str, cfg: Any, learning_starts: int, steps: int, seed: int
         if step < learning_starts:
             action = rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
         else:
+            agent.policy.eval()  # no dropout when acting (MEow §5)
             with torch.no_grad():
                 action = agent.policy.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            agent.policy.train()
         next_obs, reward, terminated, truncated, _ = env.step(action)
         rb.add(obs, next_obs, action, np.array([reward]), np.array([terminated]), [{}])
         obs = next_obs
