@@ -20,6 +20,7 @@ what sets its speed:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -114,9 +115,7 @@ class MEowReference:
         c = cfg
         self.policy = MEowPolicy(obs_dim, action_dim, list(c.flow_hidden), list(c.shift_hidden), c.num_couplings,
                                  c.dropout, c.log_std_min, c.log_std_max)
-        self.target = MEowPolicy(obs_dim, action_dim, list(c.flow_hidden), list(c.shift_hidden), c.num_couplings,
-                                 c.dropout, c.log_std_min, c.log_std_max)
-        self.target.load_state_dict(self.policy.state_dict())
+        self.target = copy.deepcopy(self.policy)
         self.target.eval()  # no dropout in the target-V pass
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=c.lr)
         self.alpha = torch.tensor(c.alpha)

@@ -79,6 +79,11 @@ def test_reference_loss_and_gradients_equal_ours(action_dim: int) -> None:
                                rtol=1e-4, atol=1e-6)
     for k, head in enumerate(reference.policy.shifts):
         torch.testing.assert_close(head[0].weight.grad, agent.shift.layers[0].weight.grad[k].T, rtol=1e-4, atol=1e-6)
+    for coupling, masked in zip(agent.flow.couplings, reference.policy.couplings, strict=True):
+        cond = torch.nonzero(masked.mask).flatten()
+        ours_first, theirs_first = _layers(coupling.net, nn.Linear)[0], _layers(masked.net, nn.Linear)[0]
+        torch.testing.assert_close(theirs_first.weight.grad[:, cond], ours_first.weight.grad[:, : len(cond)],
+                                   rtol=1e-4, atol=1e-6)
 
 
 def test_reference_update_follows_algorithm_1() -> None:
